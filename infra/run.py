@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""`make run`: start the local broker (unless KAFKA_BOOTSTRAP_SERVERS points elsewhere), the Faust
+worker and the edge; print the URLs; stop everything it started on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKACTL = ROOT / "infra" / "kafka" / "kafkactl.py"
+
+
+def say(msg: str) -> None:
+    """Print a progress line at once."""
+    print(f"[run] {msg}", flush=True)
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> bool:
+    """Poll `url` until it answers 200, printing progress; False if the process died or time ran out."""
+    deadline, last = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except urllib.error.HTTPError as exc:
+            reason = json.loads(exc.read() or b"{}").get("detail", exc.reason)
+        except OSError as exc:
+            reason = str(exc)
+        if time.monotonic() - last > 3:
+            say(f"Waiting for {url}: {reason}")
+            last = time.monotonic()
+        time.sleep(0.3)
+    return False
+
+
+def main() -> int:
+    """Start the stack and block until Ctrl-C."""
+    env = dict(os.environ)
+    started_broker = False
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        running = subprocess.run([sys.executable, str(KAFKACTL), "status"], capture_output=True).returncode == 0
+        if subprocess.run([sys.executable, str(KAFKACTL), "up"]).returncode != 0:
+            return 1
+        started_broker = not running
+        env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:9092"
+    host, port = env.get("ES_HTTP_HOST", "127.0.0.1"), env.get("ES_HTTP_PORT", "8000")
+    procs: list[tuple[str, subprocess.Popen]] = []
+    edge = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
+    procs.append(("edge", edge))
+    if (ROOT / "streams" / "worker.py").exists():
+        procs.append(("worker", subprocess.Popen([sys.executable, "-m", "streams.worker"], cwd=ROOT, env=env)))
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        base = f"http://{host}:{port}"
+        if not wait_http(f"{base}/readyz", edge):
+            say("The edge did not become ready; see its log above.")
+            return 1
+        print(
+            f"\n  eventstream is running (Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']})\n"
+            f"  API docs         {base}/docs\n"
+            f"  publish          POST {base}/api/v1/events\n"
+            f"  topics           {base}/api/v1/topics\n"
+            f"  schema registry  {base}/api/v1/registry\n"
+            f"  health           {base}/healthz  {base}/readyz\n\n"
+            "  Ctrl-C stops everything started here.\n", flush=True)
+        while all(p.poll() is None for _, p in procs):
+            time.sleep(0.5)
+        for name, p in procs:
+            if p.poll() is not None:
+                say(f"The {name} exited with code {p.returncode}; stopping.")
+        return 1
+    except KeyboardInterrupt:
+        say("Stopping...")
+        return 0
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for _, p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if started_broker:
+            subprocess.run([sys.executable, str(KAFKACTL), "down"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""One settings object for every process: env vars with prefix ES_, plus KAFKA_BOOTSTRAP_SERVERS."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+Compression = Literal["snappy", "lz4", "zstd", "gzip", "none"]
+
+
+class Settings(BaseSettings):
+    """Configuration read from the environment; defaults run everything on 127.0.0.1."""
+
+    model_config = SettingsConfigDict(env_prefix="ES_", extra="ignore")
+
+    # Kafka connection: the standard variable name, so existing tooling and CI can set it.
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "ES_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    client_id: str = "eventstream"
+    # Topic names. Internal topics cannot be deleted through the HTTP API.
+    topic_prefix: str = "es"
+    ingress_topic: str = "es.ingress"
+    dlq_topic: str = "es.dlq"
+    default_topic: str = "es.events"
+    schemas_topic: str = "_schemas"
+    # Defaults for topics the service creates (partitions, replication factor, retention ms).
+    default_partitions: int = Field(3, ge=1)
+    default_replication_factor: int = Field(1, ge=1)
+    default_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1)
+    # Producer: compression codec, linger (ms) and request timeout (ms).
+    compression: Compression = "snappy"
+    linger_ms: int = Field(2, ge=0)
+    request_timeout_ms: int = Field(15_000, ge=1000)
+    # Schema registry: compatibility level applied when a subject has none of its own.
+    registry_compatibility: Literal[
+        "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"
+    ] = "BACKWARD"
+    # Edge (HTTP): bind address, the largest accepted event (bytes), readiness probe timeout (s).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    max_event_bytes: int = Field(1_000_000, ge=1024)
+    max_batch_events: int = Field(10_000, ge=1)
+    max_batch_bytes: int = Field(32_000_000, ge=1024)
+    ready_timeout_s: float = Field(3.0, gt=0)
+    # Where the Avro schemas live (schema files are the source of truth).
+    schemas_dir: Path = ROOT / "schemas"
+
+    @model_validator(mode="after")
+    def _internal_topics_differ(self) -> Settings:
+        names = [self.ingress_topic, self.dlq_topic, self.schemas_topic]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"ingress_topic, dlq_topic and schemas_topic must differ, got {names!r}"
+            )
+        return self
+
+    @property
+    def internal_topics(self) -> frozenset[str]:
+        """Return topics the service owns and the API must not delete."""
+        return frozenset({self.ingress_topic, self.dlq_topic, self.schemas_topic})
+
+    def is_internal(self, topic: str) -> bool:
+        """Tell whether a topic belongs to the service itself (registry, ingress, DLQ, changelogs)."""
+        return (
+            topic in self.internal_topics
+            or topic.startswith("__")
+            or topic.endswith("-changelog")
+            or topic.startswith(f"{self.topic_prefix}.worker")
+            or topic.startswith(f"{self.topic_prefix}.internal")
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings, read once."""
+    return Settings()
