@@ -53,7 +53,7 @@ def main() -> int:
         if subprocess.run([sys.executable, str(KAFKACTL), "up"]).returncode != 0:
             return 1
         started_broker = not running
-        env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:9092"
+        env["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{env.get('ES_KAFKA_PORT', '9092')}"
     host, port = env.get("ES_HTTP_HOST", "127.0.0.1"), env.get("ES_HTTP_PORT", "8000")
     procs: list[tuple[str, subprocess.Popen]] = []
     edge = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)

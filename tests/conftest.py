@@ -54,7 +54,7 @@ def kafka_bootstrap() -> Iterator[str]:
     if proc.returncode != 0:
         pytest.exit(f"local Kafka broker did not start:\n{proc.stdout}\n{proc.stderr}", returncode=3)
     try:
-        yield "127.0.0.1:9092"
+        yield f"127.0.0.1:{os.environ.get('ES_KAFKA_PORT', '9092')}"
     finally:
         if started_here and not os.environ.get("ES_KEEP_BROKER"):
             subprocess.run([sys.executable, str(KAFKACTL), "down"], capture_output=True)

@@ -33,7 +33,8 @@ DATA = Path(os.environ.get("ES_KAFKA_DATA", HERE / ".data"))
 HEAP = os.environ.get("ES_KAFKA_HEAP", "1G")
 START_TIMEOUT_S = float(os.environ.get("ES_KAFKA_START_TIMEOUT_S", "120"))
 
-SINGLE = {"name": "single", "port": 9092, "controller": 9093, "node_id": 1}
+PORT = int(os.environ.get("ES_KAFKA_PORT", "9092"))  # the single node; its controller listens on PORT + 1
+SINGLE = {"name": "single", "port": PORT, "controller": PORT + 1, "node_id": 1}
 CLUSTER = [
     {"name": f"node{n}", "port": n * 10000 + 9092, "controller": n * 10000 + 9093, "node_id": n}
     for n in (1, 2, 3)
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "fetch":
         fetch()
     elif args.command == "up":
-        start_node(SINGLE, single_base, cluster_id(DATA / SINGLE["name"] / "cluster-id"))
+        start_node(SINGLE, single_base, cluster_id(DATA / SINGLE["name"] / "cluster-id"),
+                   extra={"controller.quorum.voters": f"1@127.0.0.1:{SINGLE['controller']}"})
     elif args.command == "down":
         stop_node(SINGLE)
     elif args.command == "status":
