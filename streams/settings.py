@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,25 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(3.0, gt=0)
     # Where the Avro schemas live (schema files are the source of truth).
     schemas_dir: Path = ROOT / "schemas"
+
+    # --- SSE edge: live streams, resume, fan-out (app/hub.py, app/catchup.py, app/routes/stream.py) ---
+    # Concurrent streams per edge process; above it new streams get 503 with Retry-After.
+    stream_max_clients: int = Field(10_000, ge=1)
+    # Frames queued per client while its socket is full; past that it goes back to catch-up.
+    stream_buffer_max_size: int = Field(1000, ge=1)
+    # A client blocked (or out of the live tail after overflowing) longer than this (s) is closed.
+    stream_slow_client_timeout_s: float = Field(30.0, gt=0)
+    # Heartbeat comment interval (s) when a request names none; reconnect delay (ms) sent as `retry:`.
+    stream_heartbeat_s: float = Field(15.0, gt=0)
+    stream_retry_ms: int = Field(2000, ge=0)
+    # Catch-up readers (one Kafka consumer each) shared by the clients that start behind the tail.
+    stream_catchup_readers: int = Field(8, ge=1, le=256)
+    # How long (ms) the broker may hold a tail or catch-up fetch: latency against idle round trips.
+    stream_fetch_max_wait_ms: int = Field(5, ge=0, le=500)
+    # A tail reader no stream uses is closed after this many seconds.
+    stream_tail_idle_s: float = Field(30.0, ge=0)
+    # HMAC key of resume tokens and history cursors: set the same value on every edge process.
+    stream_token_secret: SecretStr = Field(SecretStr("eventstream-dev-token-secret"), min_length=16)
 
     @model_validator(mode="after")
     def _internal_topics_differ(self) -> Settings:

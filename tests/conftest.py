@@ -36,7 +36,7 @@ def _local_broker_running() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
     """Return bootstrap servers of a real broker, starting one if needed; abort the run if none comes up."""
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
@@ -49,10 +49,13 @@ def kafka_bootstrap() -> Iterator[str]:
             yield kafka.get_bootstrap_server()
         return
     started_here = not _local_broker_running()
-    proc = subprocess.run([sys.executable, str(KAFKACTL), "up"], capture_output=True, text=True)
-    sys.stderr.write(proc.stdout + proc.stderr)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    # Show the broker's start-up progress (and its log tail on failure) live, not after the run.
+    with capture.global_and_fixture_disabled():
+        print("\nNo KAFKA_BOOTSTRAP_SERVERS and no Docker engine: using the local KRaft broker (infra/kafka).")
+        proc = subprocess.run([sys.executable, str(KAFKACTL), "up"])
     if proc.returncode != 0:
-        pytest.exit(f"local Kafka broker did not start:\n{proc.stdout}\n{proc.stderr}", returncode=3)
+        pytest.exit("the local Kafka broker did not start; see its log tail above", returncode=3)
     try:
         yield f"127.0.0.1:{os.environ.get('ES_KAFKA_PORT', '9092')}"
     finally:

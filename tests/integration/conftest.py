@@ -28,6 +28,8 @@ def settings_env(settings: object) -> dict[str, str]:
     """Turn a Settings object into the environment a child process reads."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
     for name, value in settings.model_dump().items():  # type: ignore[attr-defined]
+        if hasattr(value, "get_secret_value"):  # SecretStr dumps as '**********'
+            value = value.get_secret_value()
         if name == "kafka_bootstrap_servers":
             env["KAFKA_BOOTSTRAP_SERVERS"] = str(value)
         else:
