@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(topics.router)
+    app.include_router(connections.router)
     app.include_router(stream.router)
     app.include_router(registry_router, prefix="/api/v1/registry", tags=["schema registry"])
     return app

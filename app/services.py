@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 
+from app.connections import Connections
 from streams.errors import BrokerUnavailable, StreamError, redact
 from streams.producer import EventProducer
 from streams.registry import SchemaRegistry
@@ -25,6 +26,7 @@ class Services:
         self.registry = SchemaRegistry(settings)
         self.topics = TopicManager(settings)
         self.producer = EventProducer(settings, registry=self.registry)
+        self.connections = Connections(settings, self.topics)
         self.ready = asyncio.Event()
         self.last_error: str | None = "connecting to Kafka"
         self._task: asyncio.Task[None] | None = None
@@ -43,6 +45,7 @@ class Services:
                     await self.topics.ensure(name)
                 await self.registry.start()
                 await self.producer.start()
+                await self.connections.start()
                 break
             except (StreamError, OSError) as exc:
                 self.last_error = f"Kafka at {servers} is not reachable: {exc}"
@@ -55,7 +58,7 @@ class Services:
         log.info("Connected to Kafka at %s.", servers)
 
     async def _stop_clients(self) -> None:
-        for client in (self.producer, self.registry, self.topics):
+        for client in (self.connections, self.producer, self.registry, self.topics):
             with contextlib.suppress(Exception):
                 await client.stop()
 

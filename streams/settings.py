@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_batch_events: int = Field(10_000, ge=1)
     max_batch_bytes: int = Field(32_000_000, ge=1024)
     ready_timeout_s: float = Field(3.0, gt=0)
+    # Durable connections (consumer groups per client): idle expiry (s) and commit interval (ms).
+    connection_ttl_s: float = Field(7 * 24 * 3600, gt=0)
+    connection_commit_interval_ms: int = Field(500, ge=10)
+    connection_sweep_interval_s: float = Field(60, gt=0)
     # Where the Avro schemas live (schema files are the source of truth).
     schemas_dir: Path = ROOT / "schemas"
 
@@ -79,6 +83,16 @@ class Settings(BaseSettings):
                 f"ingress_topic, dlq_topic and schemas_topic must differ, got {names!r}"
             )
         return self
+
+    @property
+    def connections_topic(self) -> str:
+        """Return the compacted topic holding durable connection definitions."""
+        return f"{self.topic_prefix}.internal.connections"
+
+    @property
+    def connection_group_prefix(self) -> str:
+        """Return the prefix of durable connections' consumer group ids."""
+        return f"{self.topic_prefix}.conn."
 
     @property
     def internal_topics(self) -> frozenset[str]:

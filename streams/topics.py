@@ -146,6 +146,13 @@ class TopicManager:
         except KafkaError as exc:
             raise BrokerUnavailable(f"listing topics failed: {exc}") from exc
 
+    async def broker_count(self) -> int:
+        """Return how many brokers the cluster has."""
+        try:
+            return len((await self._client().describe_cluster())["brokers"])
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"describing the cluster failed: {exc}") from exc
+
     async def exists(self, name: str) -> bool:
         """Tell whether a topic exists."""
         return name in await self.list()

@@ -1,0 +1,172 @@
+"""Consumer-group offsets without group membership: commit, read, lag and delete, for many groups
+over one admin connection (so a durable SSE connection costs no Kafka consumer while idle)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError, for_code
+from aiokafka.protocol.admin import DeleteGroupsRequest
+from aiokafka.protocol.commit import OffsetCommitRequest
+
+from streams.errors import BrokerUnavailable, StreamError, redact
+from streams.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+# Kafka error codes (org.apache.kafka.common.protocol.Errors) handled here.
+COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR = 14, 15, 16
+GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP = 69, 68
+RETRY_COORDINATOR = {COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
+
+
+class GroupOffsets:
+    """Commit and inspect committed offsets of consumer groups that have no live members.
+
+    Commits use generation -1 and an empty member id, which Kafka accepts for groups without
+    members ("simple" groups), so a group exists exactly as long as it has committed offsets.
+    """
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or get_settings()
+        self._admin: AIOKafkaAdminClient | None = None
+        self._offsets: AIOKafkaConsumer | None = None
+        self._coordinators: dict[str, int] = {}
+
+    async def start(self) -> None:
+        """Connect, raising BrokerUnavailable when Kafka does not answer."""
+        if self._admin is not None:
+            return
+        s = self.settings
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers,
+                                    client_id=f"{s.client_id}-groups", request_timeout_ms=s.request_timeout_ms)
+        offsets = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, enable_auto_commit=False,
+                                   client_id=f"{s.client_id}-groups-offsets")
+        try:
+            await admin.start()
+            await offsets.start()
+        except KafkaError as exc:
+            await admin.close()
+            await offsets.stop()
+            raise BrokerUnavailable(f"Kafka at {redact(s.kafka_bootstrap_servers)} did not answer: {exc}") from exc
+        self._admin, self._offsets = admin, offsets
+
+    async def stop(self) -> None:
+        """Disconnect; calling it twice is harmless."""
+        admin, offsets, self._admin, self._offsets = self._admin, self._offsets, None, None
+        if admin is not None:
+            await admin.close()
+        if offsets is not None:
+            await offsets.stop()
+
+    async def __aenter__(self) -> GroupOffsets:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _client(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            raise BrokerUnavailable("group offsets client is not connected to Kafka yet")
+        return self._admin
+
+    async def _coordinator(self, group: str) -> int:
+        node = self._coordinators.get(group)
+        if node is None:
+            node = await self._client().find_coordinator(group)
+            self._coordinators[group] = node
+        return node
+
+    async def _send(self, group: str, request: object) -> object:
+        """Send a request to the group's coordinator, finding it again once if it moved."""
+        for attempt in (1, 2):
+            try:
+                node = await self._coordinator(group)
+                return await self._client()._send_request(request, node)  # noqa: SLF001 - no public per-node send
+            except KafkaError as exc:
+                self._coordinators.pop(group, None)
+                if attempt == 2:
+                    raise BrokerUnavailable(f"group {group!r}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit `offsets` (the next offset to read, per partition) for `group`."""
+        if not offsets:
+            return
+        by_topic: dict[str, list[tuple[int, int, str]]] = {}
+        for tp, offset in offsets.items():
+            by_topic.setdefault(tp.topic, []).append((tp.partition, offset, ""))
+        request = OffsetCommitRequest(group, OffsetCommitRequest.DEFAULT_GENERATION_ID, "",
+                                      OffsetCommitRequest.DEFAULT_RETENTION_TIME, list(by_topic.items()))
+        for attempt in (1, 2):
+            response = await self._send(group, request)
+            codes = {code for _, parts in response.topics for _, code in parts}  # type: ignore[attr-defined]
+            if not codes - {0}:
+                return
+            if codes & RETRY_COORDINATOR and attempt == 1:
+                self._coordinators.pop(group, None)
+                continue
+            err = for_code(max(codes))
+            raise StreamError(f"committing offsets for group {group!r} failed: {err.__name__}")
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        """Return the group's committed offsets (empty when the group has none)."""
+        try:
+            node = await self._coordinator(group)
+            found = await self._client().list_consumer_group_offsets(group, node)
+        except KafkaError as exc:
+            self._coordinators.pop(group, None)
+            raise BrokerUnavailable(f"reading offsets of group {group!r} failed: {exc}") from exc
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Return the high watermark of each partition."""
+        assert self._offsets is not None, "start() first"
+        try:
+            return await self._offsets.end_offsets(list(partitions))
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"reading end offsets failed: {exc}") from exc
+
+    async def start_offsets(self, partitions: Iterable[TopicPartition], start: str | int) -> dict[TopicPartition, int]:
+        """Return where a reader starting at `start` begins: 'latest', 'earliest' or a time in epoch ms."""
+        assert self._offsets is not None, "start() first"
+        parts = list(partitions)
+        try:
+            if start == "latest":
+                return await self._offsets.end_offsets(parts)
+            if start == "earliest":
+                return await self._offsets.beginning_offsets(parts)
+            found = await self._offsets.offsets_for_times({tp: int(start) for tp in parts})
+            ends = await self._offsets.end_offsets(parts)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"reading start offsets failed: {exc}") from exc
+        return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in parts}
+
+    async def lag(self, group: str, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Return high watermark minus committed offset per partition (None where nothing is committed)."""
+        parts = list(partitions)
+        committed = await self.committed(group)
+        ends = await self.end_offsets(parts)
+        return {tp: (ends[tp] - committed[tp]) if tp in committed else None for tp in parts}
+
+    async def delete(self, group: str) -> bool:
+        """Delete the group and its offsets; False when it did not exist."""
+        response = await self._send(group, DeleteGroupsRequest([group]))
+        self._coordinators.pop(group, None)
+        [(_, code)] = response.results  # type: ignore[attr-defined]
+        if code in (0, GROUP_ID_NOT_FOUND):
+            return code == 0
+        if code == NON_EMPTY_GROUP:
+            raise StreamError(f"group {group!r} still has live members and cannot be deleted")
+        raise StreamError(f"deleting group {group!r} failed: {for_code(code).__name__}")
+
+    async def exists(self, group: str) -> bool:
+        """Tell whether Kafka knows the group (it has committed offsets or members)."""
+        try:
+            groups = await self._client().list_consumer_groups()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"listing groups failed: {exc}") from exc
+        return any(g[0] == group for g in groups)
