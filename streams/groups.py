@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetCommitRequest
 
-from streams.errors import BrokerUnavailable, StreamError, redact
+from streams import clients
+from streams.errors import BrokerUnavailable, StreamError
 from streams.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -22,56 +22,18 @@ GROUP_ID_NOT_FOUND, NON_EMPTY_GROUP = 69, 68
 RETRY_COORDINATOR = {COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR}
 
 
-class GroupOffsets:
+class GroupOffsets(clients.AdminSession):
     """Commit and inspect committed offsets of consumer groups that have no live members.
 
     Commits use generation -1 and an empty member id, which Kafka accepts for groups without
     members ("simple" groups), so a group exists exactly as long as it has committed offsets.
     """
 
+    name = "groups"
+
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self._admin: AIOKafkaAdminClient | None = None
-        self._offsets: AIOKafkaConsumer | None = None
+        super().__init__(settings or get_settings())
         self._coordinators: dict[str, int] = {}
-
-    async def start(self) -> None:
-        """Connect, raising BrokerUnavailable when Kafka does not answer."""
-        if self._admin is not None:
-            return
-        s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap_servers,
-                                    client_id=f"{s.client_id}-groups", request_timeout_ms=s.request_timeout_ms)
-        offsets = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, enable_auto_commit=False,
-                                   client_id=f"{s.client_id}-groups-offsets")
-        try:
-            await admin.start()
-            await offsets.start()
-        except KafkaError as exc:
-            await admin.close()
-            await offsets.stop()
-            raise BrokerUnavailable(f"Kafka at {redact(s.kafka_bootstrap_servers)} did not answer: {exc}") from exc
-        self._admin, self._offsets = admin, offsets
-
-    async def stop(self) -> None:
-        """Disconnect; calling it twice is harmless."""
-        admin, offsets, self._admin, self._offsets = self._admin, self._offsets, None, None
-        if admin is not None:
-            await admin.close()
-        if offsets is not None:
-            await offsets.stop()
-
-    async def __aenter__(self) -> GroupOffsets:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _client(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            raise BrokerUnavailable("group offsets client is not connected to Kafka yet")
-        return self._admin
 
     async def _coordinator(self, group: str) -> int:
         node = self._coordinators.get(group)
@@ -124,23 +86,21 @@ class GroupOffsets:
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Return the high watermark of each partition."""
-        assert self._offsets is not None, "start() first"
         try:
-            return await self._offsets.end_offsets(list(partitions))
+            return await self._reader().end_offsets(list(partitions))
         except KafkaError as exc:
             raise BrokerUnavailable(f"reading end offsets failed: {exc}") from exc
 
     async def start_offsets(self, partitions: Iterable[TopicPartition], start: str | int) -> dict[TopicPartition, int]:
         """Return where a reader starting at `start` begins: 'latest', 'earliest' or a time in epoch ms."""
-        assert self._offsets is not None, "start() first"
         parts = list(partitions)
         try:
             if start == "latest":
-                return await self._offsets.end_offsets(parts)
+                return await self._reader().end_offsets(parts)
             if start == "earliest":
-                return await self._offsets.beginning_offsets(parts)
-            found = await self._offsets.offsets_for_times({tp: int(start) for tp in parts})
-            ends = await self._offsets.end_offsets(parts)
+                return await self._reader().beginning_offsets(parts)
+            found = await self._reader().offsets_for_times({tp: int(start) for tp in parts})
+            ends = await self._reader().end_offsets(parts)
         except KafkaError as exc:
             raise BrokerUnavailable(f"reading start offsets failed: {exc}") from exc
         return {tp: found[tp].offset if found.get(tp) is not None else ends[tp] for tp in parts}

@@ -13,6 +13,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams import clients
 from streams.errors import BrokerUnavailable, redact
 from streams.settings import Settings
 from streams.topics import TopicManager
@@ -66,10 +67,7 @@ class CompactedTable:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                with contextlib.suppress(KafkaError, OSError):
-                    await client.stop()
+        await clients.close_all(self._consumer, self._producer)
         self._consumer = self._producer = None
 
     def subscribe(self, listener: Listener) -> None:

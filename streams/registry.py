@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from streams import clients
 from streams.errors import (
     BrokerUnavailable,
     InvalidVersion,
@@ -181,11 +182,7 @@ class SchemaRegistry:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                # A dead broker makes aiokafka's fetcher re-raise on close; closing must still finish.
-                with contextlib.suppress(KafkaError, OSError):
-                    await client.stop()
+        await clients.close_all(self._consumer, self._producer)
         if self._consumer is not None or self._producer is not None:
             log.info("Schema registry stopped.")
         self._consumer = self._producer = None

@@ -7,12 +7,13 @@ import logging
 import re
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, Field
 
+from streams import clients
 from streams.errors import (
     BrokerUnavailable,
     InvalidTopicConfig,
@@ -20,7 +21,6 @@ from streams.errors import (
     TopicExists,
     TopicNotFound,
     TopicProtected,
-    redact,
 )
 from streams.settings import Settings, get_settings
 
@@ -43,52 +43,13 @@ class TopicSpec(BaseModel):
     config: dict[str, str] = Field(default_factory=dict, description="Any other Kafka topic config.")
 
 
-class TopicManager:
+class TopicManager(clients.AdminSession):
     """Admin operations on topics, with the service's defaults and its internal topics protected."""
 
+    name = "admin"
+
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self._admin: AIOKafkaAdminClient | None = None
-        self._offsets: AIOKafkaConsumer | None = None
-
-    async def start(self) -> None:
-        """Connect the admin client and an offsets reader, raising BrokerUnavailable on failure."""
-        if self._admin is not None:
-            return
-        servers = self.settings.kafka_bootstrap_servers
-        admin = AIOKafkaAdminClient(bootstrap_servers=servers, client_id=f"{self.settings.client_id}-admin",
-                                    request_timeout_ms=self.settings.request_timeout_ms)
-        offsets = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False,
-                                   client_id=f"{self.settings.client_id}-offsets",
-                                   request_timeout_ms=self.settings.request_timeout_ms)
-        try:
-            await admin.start()
-            await offsets.start()
-        except KafkaError as exc:
-            await admin.close()
-            await offsets.stop()
-            raise BrokerUnavailable(f"Kafka at {redact(servers)} did not answer: {exc}") from exc
-        self._admin, self._offsets = admin, offsets
-
-    async def stop(self) -> None:
-        """Disconnect; calling it twice is harmless."""
-        admin, offsets, self._admin, self._offsets = self._admin, self._offsets, None, None
-        if admin is not None:
-            await admin.close()
-        if offsets is not None:
-            await offsets.stop()
-
-    async def __aenter__(self) -> TopicManager:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _client(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            raise BrokerUnavailable("topic manager is not connected to Kafka yet")
-        return self._admin
+        super().__init__(settings or get_settings())
 
     async def create(self, spec: TopicSpec, *, exist_ok: bool = False) -> dict[str, Any]:
         """Create a topic from `spec` with service defaults filled in; return its description."""
@@ -182,10 +143,9 @@ class TopicManager:
                     raise
                 await asyncio.sleep(0.1)
         tps = [TopicPartition(name, p["partition"]) for p in meta["partitions"]]
-        assert self._offsets is not None
         try:
-            low = await self._offsets.beginning_offsets(tps)
-            high = await self._offsets.end_offsets(tps)
+            low = await self._reader().beginning_offsets(tps)
+            high = await self._reader().end_offsets(tps)
             [cfg] = await self._client().describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
         except KafkaError as exc:
             raise BrokerUnavailable(f"describing topic {name!r} failed: {exc}") from exc
