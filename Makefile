@@ -6,10 +6,16 @@ STAMP   := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 KAFKACTL := $(PY) infra/kafka/kafkactl.py
 JARS    := infra/kafka/.cache/libs/.fetched
 
-.PHONY: install run test test-unit lint bench bench-publish reliability kafka-up kafka-down kafka-status \
-        cluster-up cluster-down cluster-status cluster-kill worker edge clean
+.PHONY: install run test test-unit lint bench bench-publish bench-pipeline bench-sse bench-sse-10k reliability \
+        kafka-up kafka-down kafka-status cluster-up cluster-down cluster-status cluster-kill worker edge browser clean
 
 install: $(STAMP) $(JARS)
+
+# Debian's Chromium for the browser test (Playwright drives it; no browser download works here).
+browser:
+	@command -v chromium >/dev/null || { echo "[install] Debian chromium for the browser test..."; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "[install] chromium could not be installed: the browser test will be skipped and say why"; }
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "python3 is required"; exit 1; }
@@ -30,7 +36,7 @@ $(JARS): infra/kafka/pom.xml
 run: install
 	@$(PYBIN) infra/run.py
 
-test: install
+test: install browser
 	@$(PYBIN) -m pytest
 
 test-unit: install
@@ -39,11 +45,21 @@ test-unit: install
 lint: install
 	@$(PYBIN) -m ruff check streams app tests bench infra
 
-bench: install bench-publish
+bench: install bench-publish bench-pipeline bench-sse
 
 bench-publish: install
 	@$(PYBIN) bench/codec_bench.py
 	@$(PYBIN) bench/publish_bench.py
+
+bench-pipeline: install
+	@$(PYBIN) bench/pipeline_bench.py
+
+# 1,000 SSE clients x 10 events/s, with a kill -9 of the edge mid-run; bench-sse-10k for 10,000 clients.
+bench-sse: install
+	@$(PYBIN) bench/sse_load.py
+
+bench-sse-10k: install
+	@$(PYBIN) bench/sse_load.py --clients 10000
 
 reliability: install
 	@$(PYBIN) -m pytest tests/reliability -v
@@ -66,6 +82,9 @@ cluster-kill:
 
 edge: install
 	@$(PYBIN) -m app
+
+worker: install
+	@$(PYBIN) -m streams.worker
 
 clean:
 	rm -rf $(VENV) infra/kafka/.data .pytest_cache .ruff_cache

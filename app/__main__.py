@@ -14,7 +14,7 @@ def main() -> None:
     settings = get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run("app.main:create_app", factory=True, host=settings.http_host, port=settings.http_port,
-                loop="uvloop", http="httptools", log_level="info", access_log=False)
+                loop="uvloop", http="httptools", log_level="info", access_log=False, backlog=settings.http_backlog)
 
 
 if __name__ == "__main__":

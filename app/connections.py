@@ -68,7 +68,7 @@ class Connections:
         self.table = CompactedTable(settings, settings.connections_topic)
         self.groups = GroupOffsets(settings)
         self.live: dict[str, dict[str, Any]] = {}  # id -> runtime state of a stream on this process
-        self._takeover: dict[str, Callable[[], None]] = {}
+        self._takeover: dict[str, Callable[[str], None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -151,7 +151,7 @@ class Connections:
             "id": conn_id, "filter": definition["filter"], "options": definition["options"], "status": status,
             "owner": definition.get("owner"), "created_at": definition["created_at"],
             "last_seen_at": definition["last_seen_at"],
-            "lastEventTime": (live or definition).get("last_event_time"),
+            "lastEventTime": (live or definition).get("last_event_time"),  # when the last delivery was committed
             "eventsDelivered": (live or definition).get("events_delivered", 0),
             "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": n} for tp, n in sorted(lag.items())],
             "totalLag": sum(n for n in lag.values() if n is not None),
@@ -179,14 +179,15 @@ class Connections:
 
     # ------------------------------------------------------------------ live streams
 
-    async def claim(self, conn_id: str, host: str, on_takeover: Callable[[], None]) -> str:
+    async def claim(self, conn_id: str, host: str, on_takeover: Callable[[str], None]) -> str:
         """Mark a new stream as the connection's only live one; an older stream anywhere is closed."""
         definition = dict(self.get(conn_id))
         self._close_local(conn_id, "another stream took over this connection")
         token = uuid.uuid4().hex
         self._takeover[conn_id] = on_takeover
-        self.live[conn_id] = {"status": "connecting", "token": token, "events_delivered":
-                              definition.get("events_delivered", 0), "last_event_time": definition.get("last_event_time")}
+        self.live[conn_id] = {"status": "connecting", "token": token,
+                              "events_delivered": definition.get("events_delivered", 0),
+                              "last_event_time": definition.get("last_event_time")}
         definition.update(stream={"token": token, "host": host}, last_seen_at=iso(datetime.now(UTC)))
         await self.table.put(conn_id, definition)
         return token
@@ -209,6 +210,12 @@ class Connections:
         with contextlib.suppress(StreamError):
             await self.table.put(conn_id, definition)
 
+    def connected(self, conn_id: str, token: str) -> None:
+        """Mark the stream that holds `token` as connected."""
+        live = self.live.get(conn_id)
+        if live is not None and live["token"] == token:
+            live["status"] = "connected"
+
     def delivered(self, conn_id: str, count: int, last_time: str | None) -> None:
         """Count events written to a live stream."""
         live = self.live.get(conn_id)
@@ -223,7 +230,7 @@ class Connections:
         if close is not None:
             log.info("Closing the stream of connection %s: %s.", conn_id, reason)
             self.live.pop(conn_id, None)
-            close()
+            close(reason)
 
     def _changed(self, conn_id: str, definition: dict[str, Any] | None) -> None:
         """React to table changes from any process: deletion or a newer stream closes ours."""

@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import problems
+from app.hub import Hub
 from app.registry_api import router as registry_router
-from app.routes import connections, events, health, topics
+from app.routes import connections, events, health, stream, topics
 from app.services import Services
+from app.shutdown import close_on_exit_signals
 from streams.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = Services(settings)
         app.state.services = services
         app.state.registry = services.registry
+        app.state.hub = hub = Hub(settings, services.registry, services.topics)  # SSE fan-out
         services.start()
+        close_on_exit_signals(hub)
         try:
             yield
         finally:
+            await hub.stop()
             await services.stop()
 
     app = FastAPI(
@@ -43,5 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(topics.router)
     app.include_router(connections.router)
+    app.include_router(stream.router)
     app.include_router(registry_router, prefix="/api/v1/registry", tags=["schema registry"])
     return app

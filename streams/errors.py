@@ -161,3 +161,17 @@ class RegistryBusy(StreamError):
     status = 503
     title = "Registry busy"
     error_code = 50001
+
+
+class RoutingRulesInvalid(StreamError):
+    """The routing rules file cannot be used; the message names the file and line."""
+
+    status = 500
+    title = "Invalid routing rules"
+
+
+class DeadLetterNotFound(StreamError):
+    """No DLQ entry sits at the given position."""
+
+    status = 404
+    title = "Dead letter not found"

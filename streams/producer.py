@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 
 from streams.codec import AvroCodec
 from streams.envelope import Event, parse_event
@@ -171,9 +172,15 @@ class EventProducer:
         hdrs = (self._headers + list(headers)) or None
         pending: list[tuple[str, asyncio.Future[Any]]] = []
         try:
+            count = 0
             for event, value in prepared:
                 key = event.subject.encode() if event.subject is not None else None
-                pending.append((event.id, await producer.send(topic, value, key=key, headers=hdrs)))
+                partition = None
+                if key is None:  # placed by id: copies of one event meet in one partition (worker dedup)
+                    count = count or len(await producer.partitions_for(topic))
+                    partition = id_partition(event.id, count)
+                pending.append((event.id, await producer.send(topic, value, key=key, partition=partition,
+                                                              headers=hdrs)))
             results = await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
         except KafkaError as exc:
             raise BrokerUnavailable(f"Kafka did not accept the events for {topic!r}: {exc}") from exc
@@ -188,6 +195,11 @@ class EventProducer:
         if self._producer is None:
             raise BrokerUnavailable("producer is not connected to Kafka yet")
         return self._producer
+
+
+def id_partition(event_id: str, partitions: int) -> int:
+    """Return the partition of an event without subject: by id, as Kafka's default partitioner would."""
+    return (murmur2(event_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 async def publish(event: Any, topic: str | None = None) -> Position:

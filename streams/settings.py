@@ -72,8 +72,46 @@ class Settings(BaseSettings):
     stream_fetch_max_wait_ms: int = Field(5, ge=0, le=500)
     # A tail reader no stream uses is closed after this many seconds.
     stream_tail_idle_s: float = Field(30.0, ge=0)
+    # Recent records per tailed topic kept decoded (about 2-3 KB each), so clients a little behind
+    # (reconnects, slow readers) resume from memory instead of reading Kafka; 0 turns it off.
+    stream_replay_records: int = Field(2000, ge=0)
+    # Listen backlog of the edge's socket (capped by net.core.somaxconn): after an edge restart every
+    # client reconnects at once, and SYNs dropped by a full queue come back only after 1, 3, 7... s.
+    http_backlog: int = Field(4096, ge=64)
     # HMAC key of resume tokens and history cursors: set the same value on every edge process.
     stream_token_secret: SecretStr = Field(SecretStr("eventstream-dev-token-secret"), min_length=16)
+
+    # --- Stream processing: the Faust worker (streams/worker.py, streams/pipeline.py, streams/routing.py) ---
+    # Routing rules (YAML or JSON); a malformed file stops the worker at start, naming the bad line.
+    routes_file: Path = ROOT / "config" / "routes.yaml"
+    # Deduplication on event id: window (s; 0 turns it off) between two records' timestamps, ids kept
+    # per ingress partition at most (the oldest go first), and how often (s) expired ids are dropped.
+    dedup_window_s: float = Field(24 * 3600, ge=0)
+    dedup_max_ids: int = Field(1_000_000, ge=1)
+    dedup_sweep_interval_s: float = Field(60.0, gt=0)
+    # A destination write that fails is tried this many times in all, first backoff (ms, doubling, at
+    # most 5 s), before the record goes to the DLQ.
+    route_max_attempts: int = Field(5, ge=1)
+    route_backoff_ms: int = Field(100, ge=0)
+    # Live-path latency: producer linger (ms) and how long the broker may hold an empty fetch (ms).
+    worker_linger_ms: int = Field(1, ge=0)
+    worker_fetch_max_wait_ms: int = Field(10, ge=0, le=5000)
+    # Offset commit interval (s), group session timeout (s; the broker's minimum is 6), and records
+    # in flight (sent, not yet acknowledged) above which the agent waits.
+    worker_commit_interval_s: float = Field(1.0, gt=0)
+    worker_session_timeout_s: float = Field(10.0, ge=6)
+    worker_max_inflight: int = Field(5000, ge=1)
+    # After SIGTERM the worker exits with code 1 if draining, committing and leaving take longer (s).
+    worker_shutdown_timeout_s: float = Field(30.0, gt=0)
+    # Skip Faust's two tasks per record in its fetch loop (streams/faust_fetch.py): ~3x throughput.
+    worker_lean_fetch: bool = True
+    # Records seen again after a crash: look this far back (s) in destinations for copies already
+    # written, reading at most this many records per destination topic.
+    recovery_scan_slack_s: float = Field(5.0, ge=0)
+    recovery_scan_max_records: int = Field(1_000_000, ge=1)
+    # Faust's local data (one subdirectory per app id), and how often (s) the worker logs its counters.
+    worker_data_dir: Path = ROOT / ".run" / "worker"
+    worker_stats_interval_s: float = Field(30.0, gt=0)
 
     @model_validator(mode="after")
     def _internal_topics_differ(self) -> Settings:
@@ -93,6 +131,16 @@ class Settings(BaseSettings):
     def connection_group_prefix(self) -> str:
         """Return the prefix of durable connections' consumer group ids."""
         return f"{self.topic_prefix}.conn."
+
+    @property
+    def worker_app_id(self) -> str:
+        """Return the Faust app id: the workers' consumer group and the prefix of their changelogs."""
+        return f"{self.topic_prefix}.worker"
+
+    @property
+    def dlq_replays_topic(self) -> str:
+        """Return the compacted topic that records which DLQ entries were replayed successfully."""
+        return f"{self.topic_prefix}.internal.dlq-replays"
 
     @property
     def internal_topics(self) -> frozenset[str]:

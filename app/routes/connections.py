@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.connections import ConnectionSpec, Connections
+from app.connections import Connections, ConnectionSpec
+from app.durable import DurableStreamResponse, start_positions
+from app.filters import CompiledFilter
+from app.routes.stream import choose_encoding, over_capacity
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
 
@@ -22,7 +25,7 @@ async def _connections(request: Request) -> Connections:
 async def create_connection(spec: ConnectionSpec, request: Request) -> JSONResponse:
     """Fix the start position in Kafka and return the id, its stream URL and the options in force."""
     definition = await (await _connections(request)).create(spec)
-    stream_url = f"{str(request.base_url).rstrip('/')}{router.prefix}/{definition['id']}/stream"
+    stream_url = str(request.url_for("stream_connection", conn_id=definition["id"]))
     body = {"id": definition["id"], "stream_url": stream_url, "filter": definition["filter"],
             "options": definition["options"], "start": definition["start"], "created_at": definition["created_at"]}
     return JSONResponse(body, status_code=201, headers={"Location": stream_url})
@@ -46,3 +49,32 @@ async def delete_connection(conn_id: str, request: Request) -> Response:
     """Delete a durable connection (404 if unknown)."""
     await (await _connections(request)).delete(conn_id)
     return Response(status_code=204)
+
+
+@router.get("/{conn_id}/stream", name="stream_connection", response_class=DurableStreamResponse,
+            summary="Stream a durable connection from its committed position",
+            responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown connection"},
+                       503: {"description": "Stream limit reached or edge restarting"}})
+async def stream_connection(
+    conn_id: str,
+    request: Request,
+    last_event_id: str | None = Query(None, alias="lastEventId", description="Resume token (if newer)."),
+    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+    accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
+) -> Response:
+    """Resume from the committed offsets (or a newer Last-Event-ID); a second stream takes over."""
+    connections = await _connections(request)
+    settings = request.app.state.services.settings
+    flt = CompiledFilter(connections.filter_of(conn_id), [settings.default_topic])
+    options = connections.options_of(conn_id)
+    hub = request.app.state.hub
+    if (refusal := over_capacity(hub)) is not None:
+        return refusal
+    group = await hub.prepare(flt)
+    try:
+        start = await start_positions(hub, group, connections, conn_id, last_event_id_header or last_event_id)
+    except BaseException:
+        hub.release(group)
+        raise
+    encoding = choose_encoding(options.compression, accept_encoding)
+    return DurableStreamResponse(hub, group, start, connections, conn_id, options, encoding)

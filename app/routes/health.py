@@ -24,6 +24,9 @@ async def readyz(request: Request) -> JSONResponse:
     """Answer 200 when Kafka answers a metadata request in time; 503 naming the reason otherwise."""
     services = request.app.state.services
     timeout = services.settings.ready_timeout_s
+    hub = getattr(request.app.state, "hub", None)
+    if hub is not None and hub.closing:  # draining: load balancers stop sending new streams first
+        return problem_response(503, "Not ready", "the edge is shutting down", headers={"Retry-After": "5"})
     if not services.ready.is_set():
         return problem_response(503, "Not ready", services.last_error or "connecting to Kafka",
                                 headers={"Retry-After": "5"})
