@@ -51,7 +51,7 @@ async def delete_connection(conn_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/{conn_id}/stream", name="stream_connection", response_class=DurableStreamResponse,
+@router.get("/{conn_id}/stream", name="stream_connection", response_class=DurableStreamResponse, status_code=200,
             summary="Stream a durable connection from its committed position",
             responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "Unknown connection"},
                        503: {"description": "Stream limit reached or edge restarting"}})
