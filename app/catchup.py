@@ -45,6 +45,12 @@ class CatchUpPool:
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self.jobs_run = 0
+        self.busy = 0  # readers running a job right now
+
+    @property
+    def started(self) -> int:
+        """Return how many readers (each one Kafka consumer) exist."""
+        return len(self._workers)
 
     @property
     def waiting(self) -> int:
@@ -93,6 +99,7 @@ class CatchUpPool:
                     await consumer.start()
                 job = CatchUpJob(self.hub, consumer, subs)
                 self.jobs_run += 1
+                self.busy += 1
                 try:
                     await job.run()
                 except (KafkaError, OSError) as exc:
@@ -103,6 +110,8 @@ class CatchUpPool:
                     log.exception("Catch-up job failed; its clients go back to the queue.")
                     await asyncio.sleep(1.0)
                     job.give_back()
+                finally:
+                    self.busy -= 1
         finally:
             if consumer is not None:
                 await consumer.stop()
@@ -190,6 +199,7 @@ class CatchUpJob:
         token = hub.tokens.sign(STREAM, self.group.scope, pack([positions[t] for t in self.group.topics]))
         frame = with_id(token, frame_body(event))
         behind = [s for s in self.subs if not s.conn.write(frame)]
+        hub.deliveries += len(self.subs) - len(behind)
         if behind:
             positions[tp.topic][tp.partition] = record.offset  # the record this client missed
             for sub in behind:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from app.catchup import CatchUpPool
@@ -61,6 +62,9 @@ class Hub:
         self.catchup = CatchUpPool(self, settings)
         self.history = HistoryReader(self)
         self.leases = 0
+        self.deliveries = 0  # events written to clients (live, replayed and caught up)
+        self.fallbacks = 0  # clients sent back to catch-up because their buffer overflowed
+        self._rate: deque[tuple[float, int]] = deque(maxlen=int(10 / SWEEP_S))  # (time, deliveries) samples
         self.closing = False
         self._users: dict[str, int] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
@@ -241,6 +245,7 @@ class Hub:
             token = self.tokens.sign(STREAM, group.scope, pack([tails[t].pos for t in group.topics]))
             frame = with_id(token, body)
             behind = [sub for sub in group.live if not sub.conn.write(frame)]
+            self.deliveries += len(group.live) - len(behind)
             for sub in behind:
                 self._fall_behind(sub, tail.topic, partition, offset)
 
@@ -250,6 +255,7 @@ class Hub:
         position = self.tail_positions(group)
         position[topic][partition] = offset
         del group.live[sub]
+        self.fallbacks += 1
         sub.state = CATCHUP
         if sub.lagging_since is None:
             sub.lagging_since = time.monotonic()
@@ -293,6 +299,7 @@ class Hub:
             if not sub.conn.write(frame):
                 self.requeue(sub, {t: list(offsets) for t, offsets in before.items()})
                 return True
+            self.deliveries += 1
             before = after
         self.replays += 1
         self._attach(sub)
@@ -341,8 +348,16 @@ class Hub:
             await asyncio.sleep(SWEEP_S)
             self.sweep(time.monotonic())
 
+    def deliveries_per_s(self) -> float:
+        """Return deliveries per second over the last ~10 s (sampled by the sweep)."""
+        if len(self._rate) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
     def sweep(self, now: float) -> None:
         """Ping clients idle for their heartbeat interval; close those blocked or lagging too long."""
+        self._rate.append((now, self.deliveries))
         slow_s = self.settings.stream_slow_client_timeout_s
         for sub in list(self.subscribers):
             conn = sub.conn
