@@ -3,6 +3,7 @@ over one admin connection (so a durable SSE connection costs no Kafka consumer w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -36,10 +37,21 @@ class GroupOffsets(clients.AdminSession):
         self._coordinators: dict[str, int] = {}
 
     async def _coordinator(self, group: str) -> int:
+        """Find the group's coordinator, waiting while a fresh broker creates __consumer_offsets."""
         node = self._coordinators.get(group)
-        if node is None:
-            node = await self._client().find_coordinator(group)
-            self._coordinators[group] = node
+        if node is not None:
+            return node
+        delay, deadline = 0.05, asyncio.get_running_loop().time() + self.settings.request_timeout_ms / 1000
+        while True:
+            try:
+                node = await self._client().find_coordinator(group)
+                break
+            except KafkaError as exc:
+                if not exc.retriable or asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self._coordinators[group] = node
         return node
 
     async def _send(self, group: str, request: object) -> object:
@@ -63,13 +75,17 @@ class GroupOffsets(clients.AdminSession):
             by_topic.setdefault(tp.topic, []).append((tp.partition, offset, ""))
         request = OffsetCommitRequest(group, OffsetCommitRequest.DEFAULT_GENERATION_ID, "",
                                       OffsetCommitRequest.DEFAULT_RETENTION_TIME, list(by_topic.items()))
-        for attempt in (1, 2):
+        delay, deadline = 0.05, asyncio.get_running_loop().time() + self.settings.request_timeout_ms / 1000
+        while True:
             response = await self._send(group, request)
             codes = {code for _, parts in response.topics for _, code in parts}  # type: ignore[attr-defined]
             if not codes - {0}:
                 return
-            if codes & RETRY_COORDINATOR and attempt == 1:
+            # A fresh broker is still loading __consumer_offsets, or the coordinator moved: find it again.
+            if codes & RETRY_COORDINATOR and asyncio.get_running_loop().time() + delay < deadline:
                 self._coordinators.pop(group, None)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
                 continue
             err = for_code(max(codes))
             raise StreamError(f"committing offsets for group {group!r} failed: {err.__name__}")

@@ -98,6 +98,11 @@ class TopicManager(clients.AdminSession):
                 raise TopicNotFound(f"topic {name!r} does not exist")
             if err["error_code"]:
                 raise StreamError(f"deleting topic {name!r} failed with Kafka error {err['error_code']}")
+        # Deletion reaches metadata a moment later; wait so a list or describe right after agrees.
+        for _ in range(50):
+            if name not in await self.list():
+                break
+            await asyncio.sleep(0.1)
         log.info("Deleted topic %s.", name)
 
     async def list(self) -> list[str]:
