@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app import problems
 from app.hub import Hub
 from app.registry_api import router as registry_router
-from app.routes import connections, events, health, stats, stream, topics
+from app.routes import connections, dlq, events, health, routing, stats, stream, topics
 from app.services import Services
 from app.shutdown import close_on_exit_signals
 from streams.settings import Settings, get_settings
@@ -50,5 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(connections.router)
     app.include_router(stream.router)
     app.include_router(stats.router)
+    app.include_router(routing.router)
+    app.include_router(dlq.router)
     app.include_router(registry_router, prefix="/api/v1/registry", tags=["schema registry"])
     return app

@@ -103,8 +103,9 @@ class Settings(BaseSettings):
     worker_max_inflight: int = Field(5000, ge=1)
     # After SIGTERM the worker exits with code 1 if draining, committing and leaving take longer (s).
     worker_shutdown_timeout_s: float = Field(30.0, gt=0)
-    # Skip Faust's two tasks per record in its fetch loop (streams/faust_fetch.py): ~3x throughput.
-    worker_lean_fetch: bool = True
+    # A partition with records left but none arriving for this long (s) is read again from its
+    # committed offset (streams/worker.py, PipelineService.unstick).
+    worker_stall_timeout_s: float = Field(5.0, gt=0)
     # Records seen again after a crash: look this far back (s) in destinations for copies already
     # written, reading at most this many records per destination topic.
     recovery_scan_slack_s: float = Field(5.0, ge=0)
