@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import problems
-from app.hub import Hub
-from app.registry_api import router as registry_router
+from app.fanout.hub import Hub
 from app.routes import connections, dlq, events, health, routing, stats, stream, topics
+from app.routes.registry import router as registry_router
 from app.services import Services
 from app.shutdown import close_on_exit_signals
 from streams.settings import Settings, get_settings

@@ -8,12 +8,12 @@ import contextlib
 import logging
 import time
 
-from app.connections import Connections
+from app.durable.registry import Connections
 from streams.errors import BrokerUnavailable, StreamError, redact
-from streams.producer import EventProducer
-from streams.registry import SchemaRegistry
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import TopicManager
+from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
-from streams.topics import TopicManager
 
 log = logging.getLogger(__name__)
 

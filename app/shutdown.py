@@ -8,7 +8,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from app.hub import Hub
+    from app.fanout.hub import Hub
 
 
 def close_on_exit_signals(hub: Hub, delay_s: float = 0.3) -> None:

@@ -15,8 +15,8 @@ import avro.io
 import avro.schema
 import fastavro
 
-from streams.codec import AvroCodec, load_schema_text
 from streams.envelope import Event
+from streams.schema.codec import AvroCodec, load_schema_text
 from streams.settings import ROOT
 
 

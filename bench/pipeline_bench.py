@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
-from streams.producer import EventProducer  # noqa: E402
+from streams.kafka.producer import EventProducer  # noqa: E402
+from streams.kafka.topics import TopicManager  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicManager  # noqa: E402
 
 RULES = """version: 1
 rules:
@@ -131,11 +131,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def profile(pid: int, seconds: int, out: Path) -> subprocess.Popen:
-    """Start py-spy sampling the worker (raw collapsed stacks into `out`)."""
+    """Start py-spy sampling the worker while a thread holds the GIL (raw collapsed stacks into `out`)."""
     spy = Path(sys.executable).with_name("py-spy")
-    extra = os.environ.get("PYSPY_ARGS", "").split()
     return subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(seconds), "-f", "raw", "-o", str(out),
-                             "-r", "200", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-r", "200", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summarize_profile(path: Path, top: int = 22) -> None:
@@ -152,9 +151,10 @@ def summarize_profile(path: Path, top: int = 22) -> None:
             if name not in seen:
                 seen.add(name)
                 inclusive[name] += n
-    print(f"  profile ({total} samples, inclusive share of the worker's time):")
+    print(f"  profile ({total} samples while the worker held the GIL; inclusive share):")
     skip = ("run_forever", "run_until_complete", "_run_once", "Handle._run", "execute_from_commandline",
-            "<module>", "_bootstrap", "_execute_task", "WorkerThread.run", "_start_thread", "main ")
+            "<module>", "_bootstrap", "_execute_task", "WorkerThread.run", "_start_thread", "main ", "_run_code",
+            "_run_module_as_main", "thread ")
     shown = 0
     for name, n in inclusive.most_common():
         if any(s in name for s in skip):

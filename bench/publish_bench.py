@@ -24,9 +24,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.producer import EventProducer  # noqa: E402
+from streams.kafka.producer import EventProducer  # noqa: E402
+from streams.kafka.topics import TopicManager  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicManager  # noqa: E402
 
 
 def event(i: int) -> dict:

@@ -33,9 +33,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from sse_load import Edge, free_port  # noqa: E402
 
-from streams.producer import EventProducer  # noqa: E402
+from streams.kafka.producer import EventProducer  # noqa: E402
+from streams.kafka.topics import TopicManager, TopicSpec  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicManager, TopicSpec  # noqa: E402
 
 
 async def read_stream(session: aiohttp.ClientSession, url: str, seconds: float, headers: dict[str, str]) -> str | None:

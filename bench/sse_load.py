@@ -33,9 +33,9 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.producer import EventProducer  # noqa: E402
+from streams.kafka.producer import EventProducer  # noqa: E402
+from streams.kafka.topics import TopicManager, TopicSpec  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicManager, TopicSpec  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sse_clients import HOST, Pool  # noqa: E402

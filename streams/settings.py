@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     # Where the Avro schemas live (schema files are the source of truth).
     schemas_dir: Path = ROOT / "schemas"
 
-    # --- SSE edge: live streams, resume, fan-out (app/hub.py, app/catchup.py, app/routes/stream.py) ---
+    # --- SSE edge: live streams, resume, fan-out (app/fanout/hub.py, app/fanout/catchup.py, app/routes/stream.py) ---
     # Concurrent streams per edge process; above it new streams get 503 with Retry-After.
     stream_max_clients: int = Field(10_000, ge=1)
     # Frames queued per client while its socket is full; past that it goes back to catch-up.
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # HMAC key of resume tokens and history cursors: set the same value on every edge process.
     stream_token_secret: SecretStr = Field(SecretStr("eventstream-dev-token-secret"), min_length=16)
 
-    # --- Stream processing: the Faust worker (streams/worker.py, streams/pipeline.py, streams/routing.py) ---
+    # --- Stream processing: the Faust worker (streams/worker/) ---
     # Routing rules (YAML or JSON); a malformed file stops the worker at start, naming the bad line.
     routes_file: Path = ROOT / "config" / "routes.yaml"
     # Deduplication on event id: window (s; 0 turns it off) between two records' timestamps, ids kept
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     # After SIGTERM the worker exits with code 1 if draining, committing and leaving take longer (s).
     worker_shutdown_timeout_s: float = Field(30.0, gt=0)
     # A partition with records left but none arriving for this long (s) is read again from its
-    # committed offset (streams/worker.py, PipelineService.unstick).
+    # committed offset (streams/worker/app.py, PipelineService.unstick).
     worker_stall_timeout_s: float = Field(5.0, gt=0)
     # Records seen again after a crash: look this far back (s) in destinations for copies already
     # written, reading at most this many records per destination topic.

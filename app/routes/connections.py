@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.connections import Connections, ConnectionSpec
-from app.durable import DurableStreamResponse, start_positions
-from app.filters import CompiledFilter
+from app.durable.registry import Connections, ConnectionSpec
+from app.durable.stream import DurableStreamResponse, start_positions
+from app.fanout.filters import CompiledFilter
 from app.routes.stream import choose_encoding, over_capacity
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])

@@ -10,8 +10,8 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
 from app.problems import Problem
-from streams.dead_letter import DeadLetter
-from streams.dlq import DeadLetterStore
+from streams.dlq.letters import DeadLetter
+from streams.dlq.store import DeadLetterStore
 from streams.envelope import record_to_json
 from streams.errors import StreamError
 

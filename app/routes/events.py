@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from app.problems import Problem
 from streams.envelope import Event, parse_event
 from streams.errors import PayloadTooLarge, ValidationFailed
-from streams.topics import TOPIC_NAME
+from streams.kafka.topics import TOPIC_NAME
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 DESTINATION_HEADER = "es-destination"

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from streams.routing import load_rules
+from streams.worker.routing import load_rules
 
 router = APIRouter(prefix="/api/v1/routes", tags=["routing"])
 

@@ -8,14 +8,14 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.connection import Connection, Encoder, Encoding
-from app.filters import CompiledFilter, FilterError, parse_filter
-from app.history import MAX_LIMIT
-from app.hub import FilterGroup, Hub
+from app.fanout.filters import CompiledFilter, FilterError, parse_filter
+from app.fanout.history import MAX_LIMIT
+from app.fanout.hub import FilterGroup, Hub
+from app.fanout.records import Positions
+from app.fanout.tokens import TokenError
 from app.problems import Problem, problem_response
-from app.records import Positions
-from app.sse import format_retry
-from app.tokens import TokenError
+from app.sse.framing import format_retry
+from app.sse.writer import Connection, Encoder, Encoding
 
 router = APIRouter(prefix="/api/v1/events", tags=["stream"])
 RETRY_AFTER_S = "5"

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from streams.topics import TopicSpec
+from streams.kafka.topics import TopicSpec
 
 router = APIRouter(prefix="/api/v1/topics", tags=["topics"])
 

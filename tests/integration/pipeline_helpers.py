@@ -12,11 +12,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from streams.codec import AvroCodec
 from streams.envelope import Event
-from streams.registry import SchemaRegistry
+from streams.kafka.topics import TopicManager
+from streams.schema.codec import AvroCodec
+from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
-from streams.topics import TopicManager
 from tests.conftest import unique
 from tests.integration.conftest import Proc, settings_env, start_process
 from tests.kafka_utils import read_all

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import orjson
 
-from app.sse import SSEMessage, SSEParser
-from streams.producer import EventProducer, Position
+from app.sse.framing import SSEMessage, SSEParser
+from streams.kafka.producer import EventProducer, Position
 from streams.settings import Settings
 from tests.conftest import unique
 from tests.integration.conftest import Proc, free_port, settings_env, start_process, wait_ready

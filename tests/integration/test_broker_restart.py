@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.producer import EventProducer
-from streams.topics import TopicManager, TopicSpec
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import TopicManager, TopicSpec
 from tests.integration.conftest import free_port
 from tests.kafka_utils import read_all
 

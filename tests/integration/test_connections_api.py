@@ -8,8 +8,8 @@ import httpx
 import pytest
 from aiokafka import TopicPartition
 
-from streams.groups import GroupOffsets
-from streams.producer import EventProducer
+from streams.kafka.group_offsets import GroupOffsets
+from streams.kafka.producer import EventProducer
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import signal
 import httpx
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
 from tests.integration.stream_helpers import SSEClient, assert_exact, publish_seq
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from streams.codec import AvroCodec, load_schema_text
 from streams.envelope import record_to_json
-from streams.registry import SchemaRegistry
+from streams.schema.codec import AvroCodec, load_schema_text
+from streams.schema.registry import SchemaRegistry
 from tests.kafka_utils import read_all
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.dead_letter import DeadLetter
+from streams.dlq.letters import DeadLetter
 from streams.settings import Settings
 from tests.integration.conftest import Proc, free_port, settings_env, start_process, wait_ready
 from tests.integration.pipeline_helpers import (

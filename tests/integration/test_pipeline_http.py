@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from streams.codec import AvroCodec
 from streams.envelope import record_to_json
-from streams.registry import SchemaRegistry
+from streams.schema.codec import AvroCodec
+from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
 from tests.integration.conftest import Proc, free_port, settings_env, start_process, wait_ready
 from tests.integration.pipeline_helpers import (

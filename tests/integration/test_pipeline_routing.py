@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import TopicManager
 from streams.settings import Settings
-from streams.topics import TopicManager
 from tests.integration.pipeline_helpers import (
     event,
     header,
@@ -136,3 +136,12 @@ async def test_per_subject_order_holds_from_ingress_to_destination(pipeline: Pip
         mine = [int(header(r, "es-id").decode().split("-")[-1]) for r in found if r.key == f"cust-{subject}".encode()]
         assert mine == sorted(mine) and len(mine) == 100
         assert len({r.partition for r in found if r.key == f"cust-{subject}".encode()}) == 1
+
+
+def test_worker_refuses_to_start_with_a_malformed_rules_file_naming_the_line(
+        kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    tmp = tmp_path_factory.mktemp("bad-rules")
+    settings = pipeline_settings(kafka_bootstrap, tmp, "version: 1\nrules:\n  - to: a\n    match: {colour: red}\n")
+    worker = start_worker(settings, tmp)
+    assert worker.popen.wait(60) == 2
+    assert f"Refusing to start: {settings.routes_file}:4: rule 'rule-1': match: unknown key 'colour'" in worker.log()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from streams.codec import AvroCodec
 from streams.envelope import record_to_json
 from streams.errors import TopicNotFound, ValidationFailed
-from streams.producer import EventProducer
-from streams.registry import SchemaRegistry
+from streams.kafka.producer import EventProducer
+from streams.schema.codec import AvroCodec
+from streams.schema.registry import SchemaRegistry
 from tests.kafka_utils import read_all
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from streams.errors import (
     SubjectNotFound,
     VersionNotFound,
 )
-from streams.registry import SchemaRegistry
+from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi import FastAPI
 
-from app.registry_api import router
-from streams.registry import SchemaRegistry
+from app.routes.registry import router
+from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

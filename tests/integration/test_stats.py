@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
 from tests.integration.stream_helpers import SSEClient, publish_seq
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
 from streams.settings import Settings
 from tests.integration.conftest import Proc
 from tests.integration.stream_helpers import (

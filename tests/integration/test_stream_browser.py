@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
 from tests.integration.stream_helpers import assert_exact, private_settings, publish_seq, start_edge
 
 pytestmark = pytest.mark.integration

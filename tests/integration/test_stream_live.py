@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from app.sse import SSEParser
-from streams.producer import EventProducer
+from app.sse.framing import SSEParser
+from streams.kafka.producer import EventProducer
 from streams.settings import Settings
 from tests.integration.conftest import Proc
 from tests.integration.stream_helpers import STREAM, SSEClient, private_settings, publish_seq, start_edge

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streams.errors import InvalidTopicConfig, TopicExists, TopicNotFound, TopicProtected
-from streams.topics import TopicManager, TopicSpec
+from streams.kafka.topics import TopicManager, TopicSpec
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.producer import EventProducer
+from streams.kafka.producer import EventProducer
+from streams.kafka.topics import TopicManager, TopicSpec
 from streams.settings import Settings
-from streams.topics import TopicManager, TopicSpec
 from tests.kafka_utils import read_all
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.subscriber import StreamEvent, subscribe_to_topic
-from streams.producer import EventProducer
+from app.client import StreamEvent, subscribe_to_topic
+from streams.kafka.producer import EventProducer
 from tests.integration.stream_helpers import assert_exact, private_settings, publish_seq, start_edge
 
 pytestmark = pytest.mark.integration

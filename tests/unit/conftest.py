@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from app.connection import Connection
-from app.filters import CompiledFilter, EventFilter
-from app.hub import Hub
-from app.subscribers import Subscriber
-from app.tail import TailReader
+from app.fanout.filters import CompiledFilter, EventFilter
+from app.fanout.hub import Hub
+from app.fanout.subscribers import Subscriber
+from app.fanout.tail import TailReader
+from app.sse.writer import Connection
 from streams.settings import Settings
 from tests.unit.fakes import TOPIC, FakePool, FakeServer
 

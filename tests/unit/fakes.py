@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from app.subscribers import Subscriber
+from app.fanout.subscribers import Subscriber
 
 TOPIC = "t"
 
@@ -109,7 +109,7 @@ def pass_through(send: Any) -> Any:
 
 def place_tail(hub: Any, pos: list[int], replay_size: int = 0) -> None:
     """Put the fake tail at `pos` with an empty replay buffer of `replay_size` records there."""
-    from app.replay import ReplayBuffer
+    from app.fanout.replay import ReplayBuffer
 
     tail = hub.tails[TOPIC]
     tail.pos = list(pos)

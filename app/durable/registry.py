@@ -1,0 +1,270 @@
+"""Durable connections: a client's filter and options kept in a compacted topic, and its position kept
+as the committed offsets of a consumer group of its own, so it can resume from any edge process
+after minutes or days, with or without Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from aiokafka import TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.fanout.filters import EventFilter
+from streams.envelope import iso
+from streams.errors import StreamError
+from streams.kafka.group_offsets import GroupOffsets
+from streams.kafka.table import CompactedTable
+from streams.kafka.topics import TopicManager
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+Status = Literal["connecting", "connected", "disconnected", "error"]
+
+
+class ConnectionNotFound(StreamError):
+    """No durable connection has this id."""
+
+    status = 404
+    title = "Connection not found"
+
+
+class ConnectionOptions(BaseModel):
+    """How a durable connection streams (names as in the seed's ConnectionOptions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    heartbeatInterval: int = Field(15_000, ge=1_000, le=300_000, description="ms between idle heartbeats")
+    maxRetries: int = Field(10, ge=0, le=1_000, description="client reconnect attempts (advice to clients)")
+    retryDelay: int = Field(1_000, ge=0, le=600_000, description="ms; sent to the client as SSE retry:")
+    compression: bool = Field(False, description="gzip or brotli, as the client accepts")
+    batchSize: int = Field(100, ge=1, le=10_000, description="events per write")
+    bufferMaxSize: int = Field(1_000, ge=1, le=100_000, description="events buffered before catch-up")
+
+
+class ConnectionSpec(BaseModel):
+    """Body of POST /api/v1/connections."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: EventFilter = Field(default_factory=EventFilter)
+    options: ConnectionOptions = Field(default_factory=ConnectionOptions)
+    start: Literal["latest", "earliest"] | datetime = "latest"
+    owner: str | None = Field(None, max_length=256, description="free text: who created it")
+
+
+class Connections:
+    """Create, find, delete and expire durable connections; track which of them stream here."""
+
+    def __init__(self, settings: Settings, topics: TopicManager) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.table = CompactedTable(settings, settings.connections_topic)
+        self.groups = GroupOffsets(settings)
+        self.live: dict[str, dict[str, Any]] = {}  # id -> runtime state of a stream on this process
+        self._takeover: dict[str, Callable[[str], None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the definitions, then expire idle ones periodically."""
+        await self.groups.start()
+        await self.table.start()
+        self.table.subscribe(self._changed)
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="connections-sweeper")
+
+    async def stop(self) -> None:
+        """Stop the sweeper and disconnect."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.table.stop()
+        await self.groups.stop()
+
+    def group_id(self, conn_id: str) -> str:
+        """Return the consumer group that holds the connection's position."""
+        return f"{self.settings.connection_group_prefix}{conn_id}"
+
+    async def layout(self, flt: EventFilter) -> list[TopicPartition]:
+        """Return every partition the filter reads (404 for an unknown topic)."""
+        names = flt.topics or [self.settings.default_topic]
+        tps = []
+        for name in names:
+            tps += [TopicPartition(name, p) for p in await self.topics.partitions(name)]
+        return tps
+
+    async def create(self, spec: ConnectionSpec) -> dict[str, Any]:
+        """Fix the start position as committed offsets, then store the definition."""
+        tps = await self.layout(spec.filter)
+        conn_id = uuid.uuid4().hex[:16]
+        start: str | int = spec.start if isinstance(spec.start, str) else int(spec.start.timestamp() * 1000)
+        offsets = await self.groups.start_offsets(tps, start)
+        await self.groups.commit(self.group_id(conn_id), offsets)
+        now = iso(datetime.now(UTC))
+        definition = {
+            "id": conn_id, "filter": spec.filter.model_dump(exclude_none=True), "options": spec.options.model_dump(),
+            "start": spec.start if isinstance(spec.start, str) else iso(spec.start), "owner": spec.owner,
+            "created_at": now, "last_seen_at": now, "events_delivered": 0, "last_event_time": None, "stream": None,
+        }
+        await self.table.put(conn_id, definition)
+        log.info("Created connection %s (group %s).", conn_id, self.group_id(conn_id))
+        return definition
+
+    def get(self, conn_id: str) -> dict[str, Any]:
+        """Return a definition, raising ConnectionNotFound."""
+        definition = self.table.get(conn_id)
+        if definition is None:
+            raise ConnectionNotFound(f"connection {conn_id!r} does not exist (deleted, expired or never created)")
+        return definition
+
+    def filter_of(self, conn_id: str) -> EventFilter:
+        """Return the connection's filter."""
+        return EventFilter.model_validate(self.get(conn_id)["filter"])
+
+    def options_of(self, conn_id: str) -> ConnectionOptions:
+        """Return the connection's options."""
+        return ConnectionOptions.model_validate(self.get(conn_id)["options"])
+
+    async def committed(self, conn_id: str) -> dict[TopicPartition, int]:
+        """Return the connection's committed position."""
+        return await self.groups.committed(self.group_id(conn_id))
+
+    async def commit(self, conn_id: str, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the next offsets to deliver (after the bytes before them were flushed)."""
+        await self.groups.commit(self.group_id(conn_id), offsets)
+
+    async def status(self, conn_id: str) -> dict[str, Any]:
+        """Return the definition with live status, delivery counters and per-partition lag."""
+        definition = self.get(conn_id)
+        tps = await self.layout(EventFilter.model_validate(definition["filter"]))
+        lag = await self.groups.lag(self.group_id(conn_id), tps)
+        live = self.live.get(conn_id)
+        status: Status = live["status"] if live else "disconnected"
+        return {
+            "id": conn_id, "filter": definition["filter"], "options": definition["options"], "status": status,
+            "owner": definition.get("owner"), "created_at": definition["created_at"],
+            "last_seen_at": definition["last_seen_at"],
+            "lastEventTime": (live or definition).get("last_event_time"),  # when the last delivery was committed
+            "eventsDelivered": (live or definition).get("events_delivered", 0),
+            "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": n} for tp, n in sorted(lag.items())],
+            "totalLag": sum(n for n in lag.values() if n is not None),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        """Return every connection with its status on this process (disconnected if not streaming here)."""
+        out = []
+        for conn_id, definition in self.table.items():
+            live = self.live.get(conn_id)
+            out.append({"id": conn_id, "filter": definition["filter"], "owner": definition.get("owner"),
+                        "status": live["status"] if live else "disconnected",
+                        "streaming_on": (definition.get("stream") or {}).get("host"),
+                        "last_seen_at": definition["last_seen_at"],
+                        "eventsDelivered": (live or definition).get("events_delivered", 0)})
+        return out
+
+    async def delete(self, conn_id: str) -> None:
+        """Close any live stream, delete the group and the definition."""
+        self.get(conn_id)
+        self._close_local(conn_id, "connection deleted")
+        await self.groups.delete(self.group_id(conn_id))
+        await self.table.put(conn_id, None)
+        log.info("Deleted connection %s.", conn_id)
+
+    # ------------------------------------------------------------------ live streams
+
+    async def claim(self, conn_id: str, host: str, on_takeover: Callable[[str], None]) -> str:
+        """Mark a new stream as the connection's only live one; an older stream anywhere is closed."""
+        definition = dict(self.get(conn_id))
+        self._close_local(conn_id, "another stream took over this connection")
+        token = uuid.uuid4().hex
+        self._takeover[conn_id] = on_takeover
+        self.live[conn_id] = {"status": "connecting", "token": token,
+                              "events_delivered": definition.get("events_delivered", 0),
+                              "last_event_time": definition.get("last_event_time")}
+        definition.update(stream={"token": token, "host": host}, last_seen_at=iso(datetime.now(UTC)))
+        await self.table.put(conn_id, definition)
+        return token
+
+    async def release(self, conn_id: str, token: str) -> None:
+        """Record the end of a stream: counters and last-seen time go to the definition."""
+        live = self.live.get(conn_id)
+        if live is None or live["token"] != token:
+            return
+        self.live.pop(conn_id, None)
+        self._takeover.pop(conn_id, None)
+        definition = self.table.get(conn_id)
+        if definition is None:
+            return
+        definition = dict(definition)
+        stream = definition.get("stream") or {}
+        definition.update(last_seen_at=iso(datetime.now(UTC)), events_delivered=live["events_delivered"],
+                          last_event_time=live["last_event_time"],
+                          stream=None if stream.get("token") == token else stream)
+        with contextlib.suppress(StreamError):
+            await self.table.put(conn_id, definition)
+
+    def connected(self, conn_id: str, token: str) -> None:
+        """Mark the stream that holds `token` as connected."""
+        live = self.live.get(conn_id)
+        if live is not None and live["token"] == token:
+            live["status"] = "connected"
+
+    def delivered(self, conn_id: str, count: int, last_time: str | None) -> None:
+        """Count events written to a live stream."""
+        live = self.live.get(conn_id)
+        if live is not None:
+            live["status"] = "connected"
+            live["events_delivered"] += count
+            if last_time:
+                live["last_event_time"] = last_time
+
+    def _close_local(self, conn_id: str, reason: str) -> None:
+        close = self._takeover.pop(conn_id, None)
+        if close is not None:
+            log.info("Closing the stream of connection %s: %s.", conn_id, reason)
+            self.live.pop(conn_id, None)
+            close(reason)
+
+    def _changed(self, conn_id: str, definition: dict[str, Any] | None) -> None:
+        """React to table changes from any process: deletion or a newer stream closes ours."""
+        live = self.live.get(conn_id)
+        if live is None:
+            return
+        if definition is None:
+            self._close_local(conn_id, "connection deleted")
+        elif (definition.get("stream") or {}).get("token") not in (None, live["token"]):
+            self._close_local(conn_id, "another stream took over this connection")
+
+    # ------------------------------------------------------------------ expiry
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.connection_sweep_interval_s)
+            try:
+                await self.expire()
+            except StreamError as exc:
+                log.warning("Expiring idle connections failed, will retry: %s", exc)
+
+    async def expire(self, now: float | None = None) -> list[str]:
+        """Delete connections idle (not streaming anywhere) for longer than connection_ttl_s."""
+        now = time.time() if now is None else now
+        gone = []
+        for conn_id, definition in self.table.items():
+            if conn_id in self.live:
+                continue
+            seen = datetime.fromisoformat(definition["last_seen_at"].replace("Z", "+00:00")).timestamp()
+            # A stream another process still marks as live gets twice the time (its process may have died).
+            ttl = self.settings.connection_ttl_s * (2 if definition.get("stream") else 1)
+            if now - seen > ttl:
+                await self.groups.delete(self.group_id(conn_id))
+                await self.table.put(conn_id, None)
+                gone.append(conn_id)
+                log.info("Expired connection %s (idle since %s).", conn_id, definition["last_seen_at"])
+        return gone

@@ -1,0 +1,168 @@
+"""Streams of durable connections: the shared fan-out of plain streams, plus a position committed to
+the connection's consumer group once the bytes before it were handed to the client's socket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from app.durable.registry import Connections
+from app.fanout.hub import FilterGroup, Hub
+from app.fanout.records import Positions
+from app.fanout.tokens import TokenError
+from app.routes.stream import EventStreamResponse
+from app.sse.framing import format_comment, format_retry
+from app.sse.writer import Connection, Encoder, Send
+from streams.envelope import iso
+from streams.errors import StreamError
+
+log = logging.getLogger(__name__)
+HOST = socket.gethostname()
+
+
+class TrackedConnection(Connection):
+    """A Connection that knows the resume token of the last event the client's socket accepted.
+
+    A frame written straight to the transport counts as delivered at once; frames queued while the
+    client is slow count only when the queue has drained without a failed send.
+    """
+
+    __slots__ = ("delivered", "delivered_count", "_pending", "_pending_count", "_failed")
+
+    def __init__(self, send: Send, max_buffer: int, encoder: Encoder | None = None) -> None:
+        self._failed = False
+
+        async def tracked(message: dict[str, Any]) -> None:  # a closure over `send`: the fast path still finds it
+            try:
+                await send(message)
+            except Exception:
+                self._failed = True
+                raise
+
+        super().__init__(tracked, max_buffer, encoder)
+        self.delivered: bytes | None = None
+        self.delivered_count = 0
+        self._pending: bytes | None = None
+        self._pending_count = 0
+
+    def write(self, data: bytes) -> bool:
+        """Write like Connection and note the token of an event frame as delivered or pending."""
+        was_closed = self.closed
+        ok = super().write(data)
+        if ok and not was_closed and not self.closed and data.startswith(b"id: "):
+            token = data[4:data.index(b"\n")]
+            if self.blocked_since is None:
+                self.delivered = token
+                self.delivered_count += 1
+            else:
+                self._pending = token
+                self._pending_count += 1
+        return ok
+
+    async def _flush(self, coro: Any, waiting: Any) -> None:
+        await super()._flush(coro, waiting)
+        if not self._failed and self._pending is not None:
+            self.delivered, self._pending = self._pending, None
+            self.delivered_count += self._pending_count
+            self._pending_count = 0
+
+
+def positions_to_offsets(positions: Positions) -> dict[TopicPartition, int]:
+    """Turn hub positions (next offset per partition) into committable offsets."""
+    return {TopicPartition(t, p): off for t, offs in positions.items() for p, off in enumerate(offs)}
+
+
+async def start_positions(hub: Hub, group: FilterGroup, connections: Connections, conn_id: str,
+                          token: str | None) -> Positions:
+    """Return where the stream starts: the committed position, or a newer Last-Event-ID."""
+    committed = await connections.committed(conn_id)
+    layout = hub.layout(group)
+    start = {t: [committed.get(TopicPartition(t, p), 0) for p in range(n)] for t, n in layout.items()}
+    if token:
+        try:
+            resumed = hub.decode_token(group, token)
+        except TokenError:
+            log.info("Ignoring a Last-Event-ID that does not fit connection %s.", conn_id)
+            return start
+        if all(a >= b for t in start for a, b in zip(resumed[t], start[t], strict=True)):
+            return resumed
+    return start
+
+
+class DurableStreamResponse(EventStreamResponse):
+    """The SSE body of a durable connection: one live stream per connection, committing as it goes."""
+
+    def __init__(self, hub: Hub, group: FilterGroup, start: Positions, connections: Connections, conn_id: str,
+                 options: Any, encoding: Any) -> None:
+        super().__init__(hub, group, start, options.heartbeatInterval / 1000, encoding)
+        self.connections, self.conn_id, self.options = connections, conn_id, options
+        self._committed: bytes | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        sub = None
+        conn: TrackedConnection | None = None
+        committer: asyncio.Task[None] | None = None
+        claim = ""
+        taken: list[str] = []  # set when another stream takes over before ours is open
+
+        def close(why: str) -> None:
+            if sub is None:
+                taken.append(why)
+            else:
+                self.hub.close(sub, format_comment(f"closing: {why}"))
+
+        try:
+            claim = await self.connections.claim(self.conn_id, HOST, close)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            encoder = Encoder(self.encoding) if self.encoding else None
+            conn = TrackedConnection(send, self.options.bufferMaxSize, encoder)
+            conn.write(format_retry(self.options.retryDelay))
+            sub = self.hub.open(self.group, conn, self.heartbeat_s, self.start)
+            if taken:
+                close(taken[0])
+            self.connections.connected(self.conn_id, claim)
+            committer = asyncio.create_task(self._commit_loop(conn), name=f"commit-{self.conn_id}")
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            if committer is not None:
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+            if sub is None:
+                self.hub.release(self.group)
+            else:
+                self.hub.remove(sub)
+                sub.conn.abort()
+            if conn is not None:
+                with contextlib.suppress(StreamError, TokenError):
+                    await self._commit(conn)
+            if claim:
+                await self.connections.release(self.conn_id, claim)
+
+    async def _commit_loop(self, conn: TrackedConnection) -> None:
+        """Commit the delivered position every connection_commit_interval_ms, so commits stay cheap."""
+        interval = self.hub.settings.connection_commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._commit(conn)
+            except (StreamError, TokenError) as exc:
+                log.warning("Committing connection %s failed, will retry: %s", self.conn_id, exc)
+
+    async def _commit(self, conn: TrackedConnection) -> None:
+        """Commit the position after the last delivered event, if it moved since the last commit."""
+        token = conn.delivered
+        if token is None or token == self._committed:
+            return
+        positions = self.hub.decode_token(self.group, token.decode())
+        await self.connections.commit(self.conn_id, positions_to_offsets(positions))
+        self._committed = token
+        count, conn.delivered_count = conn.delivered_count, 0
+        self.connections.delivered(self.conn_id, count, iso(datetime.now(UTC)))

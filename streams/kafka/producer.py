@@ -1,0 +1,217 @@
+"""Async publisher that backend services import: Avro envelopes to Kafka, idempotent, acks=all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from streams.envelope import Event, parse_event
+from streams.errors import BrokerUnavailable, PayloadTooLarge, StreamError, TopicNotFound, redact
+from streams.schema.codec import AvroCodec
+from streams.schema.registry import SchemaRegistry
+from streams.settings import Compression, Settings, get_settings
+
+log = logging.getLogger(__name__)
+COMPRESSIONS = ("snappy", "lz4", "zstd", "gzip", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where Kafka stored one event."""
+
+    topic: str
+    partition: int
+    offset: int
+    id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the position as JSON-ready dict."""
+        return {"id": self.id, "topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+class EventProducer:
+    """Publish events (validated, id/time filled in, Avro-encoded) and return their positions.
+
+    Use `async with EventProducer() as p: await p.publish({...})`. The producer is idempotent with
+    acks=all, so a retried send never duplicates a record and an acknowledged one survives a broker loss
+    within min.insync.replicas.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, registry: SchemaRegistry | None = None,
+                 compression: Compression | None = None, linger_ms: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.settings = settings or get_settings()
+        codec = compression or self.settings.compression
+        if codec not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {codec!r}")
+        if linger_ms is not None and linger_ms < 0:
+            raise ValueError(f"linger_ms must be >= 0, got {linger_ms!r}")
+        self.compression = codec
+        self.linger_ms = self.settings.linger_ms if linger_ms is None else linger_ms
+        self._owns_registry = registry is None
+        self.registry = registry or SchemaRegistry(self.settings)
+        self.codec = AvroCodec.from_file(self.settings.schemas_dir / "envelope.avsc", self.registry)
+        self._producer: AIOKafkaProducer | None = None
+        self._schema_ids: dict[str, int] = {}
+        self._known_topics: set[str] = set()
+        self._headers = [(k, v.encode()) for k, v in (headers or {}).items()]
+
+    @property
+    def started(self) -> bool:
+        """Tell whether the producer is connected."""
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect to Kafka (and the registry topic), raising BrokerUnavailable if Kafka does not answer."""
+        if self._producer is not None:
+            return
+        if self._owns_registry:
+            await self.registry.start()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            client_id=f"{self.settings.client_id}-producer",
+            acks="all",
+            enable_idempotence=True,
+            compression_type=None if self.compression == "none" else self.compression,
+            linger_ms=self.linger_ms,
+            request_timeout_ms=self.settings.request_timeout_ms,
+            max_request_size=max(1_048_576, self.settings.max_event_bytes + 4096),
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise BrokerUnavailable(
+                f"Kafka at {redact(self.settings.kafka_bootstrap_servers)} did not answer: {exc}") from exc
+        self._producer = producer
+        log.info("Producer started (compression %s, linger %d ms).", self.compression, self.linger_ms)
+
+    async def stop(self) -> None:
+        """Flush pending sends and disconnect; calling it twice is harmless."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+            log.info("Producer stopped.")
+        if self._owns_registry:
+            await self.registry.stop()
+
+    async def __aenter__(self) -> EventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ encoding
+
+    async def _schema_id(self, topic: str) -> int:
+        """Register the envelope under `<topic>-value` once per topic (TopicNameStrategy)."""
+        sid = self._schema_ids.get(topic)
+        if sid is None:
+            sid = await self.registry.register(f"{topic}-value", self.codec.schema_text)
+            self._schema_ids[topic] = sid
+            self.codec.bind(sid)
+        return sid
+
+    def encode(self, event: Event, schema_id: int) -> bytes:
+        """Return the framed Avro bytes of one event, refusing it when over max_event_bytes."""
+        value = self.codec.encode(event.to_record(), schema_id)
+        if len(value) > self.settings.max_event_bytes:
+            raise PayloadTooLarge(
+                f"event {event.id!r} is {len(value)} bytes encoded; the limit is "
+                f"{self.settings.max_event_bytes} bytes (ES_MAX_EVENT_BYTES)")
+        return value
+
+    async def prepare(self, events: Iterable[Any], topic: str | None = None) -> tuple[str, list[tuple[Event, bytes]]]:
+        """Validate and encode every event before anything is written (all or nothing)."""
+        topic = topic or self.settings.ingress_topic
+        await self.ensure_topic(topic)
+        sid = await self._schema_id(topic)
+        parsed = [parse_event(e, where=f"events[{i}]") for i, e in enumerate(events)]
+        return topic, [(e, self.encode(e, sid)) for e in parsed]
+
+    async def ensure_topic(self, topic: str) -> None:
+        """Raise TopicNotFound unless the topic exists (Kafka would otherwise wait for it)."""
+        if topic in self._known_topics:
+            return
+        producer = self._require()
+        try:
+            meta = await producer.client.fetch_all_metadata()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot read Kafka metadata: {exc}") from exc
+        if topic not in meta.topics():
+            raise TopicNotFound(f"topic {topic!r} does not exist; create it first (POST /api/v1/topics)")
+        self._known_topics.add(topic)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, event: Any, topic: str | None = None,
+                      headers: Sequence[tuple[str, bytes]] = ()) -> Position:
+        """Publish one event (dict or Event) and return where Kafka stored it."""
+        topic, prepared = await self.prepare([event], topic)
+        [position] = await self._send_prepared(topic, prepared, headers)
+        return position
+
+    async def publish_batch(self, events: Iterable[Any], topic: str | None = None,
+                            headers: Sequence[tuple[str, bytes]] = ()) -> list[Position]:
+        """Publish many events, validated as a whole first; return positions in input order."""
+        topic, prepared = await self.prepare(events, topic)
+        return await self._send_prepared(topic, prepared, headers)
+
+    async def _send_prepared(self, topic: str, prepared: list[tuple[Event, bytes]],
+                             headers: Sequence[tuple[str, bytes]]) -> list[Position]:
+        """Enqueue in input order (so per-subject order holds), then wait for every acknowledgement."""
+        producer = self._require()
+        hdrs = (self._headers + list(headers)) or None
+        pending: list[tuple[str, asyncio.Future[Any]]] = []
+        try:
+            count = 0
+            for event, value in prepared:
+                key = event.subject.encode() if event.subject is not None else None
+                partition = None
+                if key is None:  # placed by id: copies of one event meet in one partition (worker dedup)
+                    count = count or len(await producer.partitions_for(topic))
+                    partition = id_partition(event.id, count)
+                pending.append((event.id, await producer.send(topic, value, key=key, partition=partition,
+                                                              headers=hdrs)))
+            results = await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka did not accept the events for {topic!r}: {exc}") from exc
+        positions = []
+        for (event_id, _), meta in zip(pending, results, strict=True):
+            if isinstance(meta, BaseException):
+                raise BrokerUnavailable(f"Kafka did not acknowledge event {event_id!r}: {meta!r}") from meta
+            positions.append(Position(meta.topic, meta.partition, meta.offset, event_id))
+        return positions
+
+    def _require(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise BrokerUnavailable("producer is not connected to Kafka yet")
+        return self._producer
+
+
+def id_partition(event_id: str, partitions: int) -> int:
+    """Return the partition of an event without subject: by id, as Kafka's default partitioner would."""
+    return (murmur2(event_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def publish(event: Any, topic: str | None = None) -> Position:
+    """Publish one event with a short-lived producer (convenience for scripts; reuse EventProducer in services)."""
+    async with EventProducer() as producer:
+        return await producer.publish(event, topic)
+
+
+async def publish_batch(events: Iterable[Any], topic: str | None = None) -> list[Position]:
+    """Publish many events with a short-lived producer (convenience for scripts)."""
+    async with EventProducer() as producer:
+        return await producer.publish_batch(events, topic)
+
+
+__all__ = ["EventProducer", "Position", "publish", "publish_batch", "StreamError"]
