@@ -3,14 +3,24 @@
 It reconnects on its own with the last event's id as Last-Event-ID, so the edge resumes exactly
 after it (no gap, no duplicate), waiting `retry_delay` (or the server's `retry:`) doubled per failed
 attempt up to `max_delay`, and gives up after `max_retries` attempts in a row without success.
+
+`token` is a bearer token, or a callable (sync or async) returning a fresh one, asked at every connect.
+When the edge announces `token-expiring`, a callable token makes the client reconnect at once with a
+fresh one (and its Last-Event-ID, so nothing is missed); a fixed token is used until the edge ends the
+stream at its `exp`, and the reconnect then fails with 401 (SubscriptionError).
+
+When the position asked for is gone (retention or compaction deleted it, or a durable position was
+lost), the edge sends a `reset` event per partition before the earliest records left; it is yielded
+like any event (`event.is_reset`, data `{"reason", "topic", "partition", "requested", "from"}`) and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +33,9 @@ from app.sse.framing import SSEParser
 
 log = logging.getLogger(__name__)
 STREAM_PATH = "/api/v1/events/stream"
+TOKEN_EXPIRING = "token-expiring"  # the edge's warning that the stream's credential ends soon
+RESET = "reset"  # the edge's notice that events between `requested` and `from` are gone (a gap)
+Token = str | Callable[[], str | Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +45,11 @@ class StreamEvent:
     id: str | None
     type: str
     data: dict[str, Any]
+
+    @property
+    def is_reset(self) -> bool:
+        """Tell whether this is a gap notice (events before `data["from"]` are gone), not an event."""
+        return self.type == RESET
 
 
 class SubscriptionError(Exception):
@@ -50,7 +68,7 @@ class Subscription:
                  base_url: str = "http://127.0.0.1:8000", last_event_id: str | None = None,
                  since: datetime | str | None = None, heartbeat_s: float | None = None,
                  max_retries: int = 10, retry_delay: float | None = None, max_delay: float = 30.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+                 client: httpx.AsyncClient | None = None, token: Token | None = None) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries!r}")
         if retry_delay is not None and retry_delay < 0:
@@ -66,6 +84,8 @@ class Subscription:
         self.last_event_id = last_event_id
         self.max_retries, self.retry_delay, self.max_delay = max_retries, retry_delay, max_delay
         self.reconnects = 0
+        self.token = token
+        self._refresh = False  # set by `token-expiring`: reconnect now, with a fresh token
         self._server_retry_s: float | None = None
         self._client = client
         self._read_timeout = (heartbeat_s or 15.0) * 3
@@ -83,6 +103,10 @@ class Subscription:
                     async for event in self._connect(client):
                         failures = 0
                         yield event
+                    if self._refresh:  # the credential expires soon: resume at once with a fresh one
+                        self._refresh = False
+                        self.reconnects += 1
+                        continue
                     log.info("Stream ended; reconnecting.")
                 except _RetryLater as exc:
                     wait = exc.seconds
@@ -104,6 +128,8 @@ class Subscription:
     async def _connect(self, client: httpx.AsyncClient) -> AsyncIterator[StreamEvent]:
         params = dict(self.params)
         headers = {"accept": "text/event-stream"}
+        if self.token is not None:
+            headers["authorization"] = f"Bearer {await self._fresh_token()}"
         if self.last_event_id:
             headers["last-event-id"] = self.last_event_id
         elif self.since:
@@ -120,11 +146,29 @@ class Subscription:
                 for message in parser.feed(chunk):
                     if parser.retry is not None:
                         self._server_retry_s = parser.retry / 1000
+                    if message.event == TOKEN_EXPIRING:
+                        if callable(self.token):
+                            self._refresh = True
+                            return
+                        continue
                     if message.id:
                         self.last_event_id = message.id
-                    yield StreamEvent(message.id, message.event, orjson.loads(message.data))
+                    data = orjson.loads(message.data)
+                    if message.event == RESET:
+                        log.warning("The edge reset %s-%s from %s to %s (%s): events in between are gone.",
+                                    data.get("topic"), data.get("partition"), data.get("requested"),
+                                    data.get("from"), data.get("reason"))
+                    yield StreamEvent(message.id, message.event, data)
                 if parser.retry is not None:
                     self._server_retry_s = parser.retry / 1000
+
+
+    async def _fresh_token(self) -> str:
+        """Return the token to send now: the fixed one, or what the callable returns."""
+        if not callable(self.token):
+            return str(self.token)
+        value = self.token()
+        return str(await value) if inspect.isawaitable(value) else str(value)
 
 
 class _RetryLater(Exception):

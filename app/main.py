@@ -1,49 +1,57 @@
-"""The FastAPI edge: routes, problem+json errors, and the Kafka clients' lifecycle."""
+"""The FastAPI edge: routes, problem+json errors, and the one lifespan of its components."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app import problems
-from app.fanout.hub import Hub
-from app.routes import connections, dlq, events, health, routing, stats, stream, topics
+from app.auth import Authenticator, authenticate, mark_public_operations
+from app.auth.credentials import install_log_redaction
+from app.auth.guard import index_routes
+from app.lifespan import edge_lifespan
+from app.observe import HttpFigures, HttpMetrics, edge_registry
+from app.request_size import RequestSizeLimit
+from app.routes import connections, dashboard, dlq, events, health, metrics, monitor, routing, stats, stream, topics
+from app.routes.limits import RateLimiter
 from app.routes.registry import router as registry_router
-from app.services import Services
-from app.shutdown import close_on_exit_signals
 from streams.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the edge application for `settings` (the environment's by default)."""
     settings = settings or get_settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = Services(settings)
-        app.state.services = services
-        app.state.registry = services.registry
-        app.state.hub = hub = Hub(settings, services.registry, services.topics)  # SSE fan-out
-        services.start()
-        close_on_exit_signals(hub)
-        try:
-            yield
-        finally:
-            await hub.stop()
-            await services.stop()
-
+    authenticator = Authenticator.from_settings(settings)  # AuthConfigError: the edge refuses to start
     app = FastAPI(
         title="eventstream",
         version="0.1.0",
         summary="Publish events to Kafka as Avro; stream them back over Server-Sent Events.",
-        lifespan=lifespan,
+        lifespan=edge_lifespan(settings),
+        # Every route asks for a credential unless app.auth.guard.PUBLIC_PATHS lists it.
+        dependencies=[Depends(authenticate)],
+        swagger_ui_parameters={"persistAuthorization": True},
     )
+    app.state.authenticator = authenticator
+    install_log_redaction()
+    mark_public_operations(app)
     problems.install(app)
+    app.state.limiter = RateLimiter(settings)  # rate limits per principal (app/routes/limits.py)
+    app.add_middleware(RequestSizeLimit, max_header_bytes=settings.http_max_header_bytes,
+                       max_body_bytes=settings.http_max_body_bytes)
+    # Observability (app/observe/): HTTP figures counted outermost, read with the hub's at scrape time.
+    app.state.settings = settings
+    app.state.http_figures = figures = HttpFigures()
+    app.state.metrics_registry = edge_registry(app.state, figures)
+    app.add_middleware(HttpMetrics, figures=figures)
+    if settings.cors_origins:  # outermost: preflights are answered before any credential is asked for
+        wildcard = "*" in settings.cors_origins  # credentials go only to origins named one by one
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=not wildcard,
+                           allow_methods=["*"], allow_headers=["*"], max_age=600,
+                           expose_headers=["Location", "Retry-After", "RateLimit", "RateLimit-Policy",
+                                           "WWW-Authenticate"])
+    app.include_router(metrics.router)
+    app.include_router(monitor.router)
+    app.include_router(dashboard.router)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(topics.router)
@@ -53,4 +61,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routing.router)
     app.include_router(dlq.router)
     app.include_router(registry_router, prefix="/api/v1/registry", tags=["schema registry"])
+    index_routes(app)  # the public list is matched against full path templates (app/auth/guard.py)
     return app

@@ -4,7 +4,10 @@
 Run: .venv/bin/python bench/pipeline_bench.py [--events 50000] [--rate 1000] [--seconds 10] [--profile]
 
 Throughput: `--events` events are written to the ingress topic first, then one worker starts; the rate
-is events over the span between the first and the last destination append. Latency: with the worker
+is events over the span between the first and the last destination append. In the same run a bare
+aiokafka relay reads the same ingress topic and re-produces every record unchanged (acks=all, idempotent,
+snappy, linger 1 ms, acknowledgments awaited per fetched batch, as any relay that commits must), measured
+the same way; the ratio worker/relay is printed. `--workers 2` runs two workers in one group. Latency: with the worker
 caught up, events are published at `--rate` per second for `--seconds` (after one second of the same
 as warm-up, not counted); each one's latency is its
 destination append time minus its ingress append time (both topics use LogAppendTime, so both are the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from streams.kafka.producer import EventProducer  # noqa: E402
@@ -54,13 +58,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """Return the environment a worker process reads these settings from."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset optional settings stay unset (str(None) would be read as "None")
+            continue
         value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        value = json.dumps(value) if isinstance(value, list | dict) else value
         env["KAFKA_BOOTSTRAP_SERVERS" if name == "kafka_bootstrap_servers" else f"ES_{name.upper()}"] = str(value)
     return env
 
 
-async def destination_records(settings: Settings, topic: str, count: int, prefix: str, timeout: float) -> list:
-    """Read `topic` until `count` records whose es-id starts with `prefix` are there; return them."""
+async def destination_records(settings: Settings, topic: str, count: int, prefix: str | None,
+                              timeout: float) -> list:
+    """Read `topic` until `count` records whose es-id starts with `prefix` (any record: None) are there."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
     await consumer.start()
@@ -70,11 +78,11 @@ async def destination_records(settings: Settings, topic: str, count: int, prefix
         await consumer.seek_to_beginning(*tps)
         found: list = []
         deadline = time.monotonic() + timeout
-        want = prefix.encode()
+        want = prefix.encode() if prefix is not None else None
         while len(found) < count and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for records in batch.values():
-                found += [r for r in records if dict(r.headers).get("es-id", b"").startswith(want)]
+                found += [r for r in records if want is None or dict(r.headers).get("es-id", b"").startswith(want)]
         return found
     finally:
         await consumer.stop()
@@ -125,6 +133,38 @@ async def publish_at_rate(settings: Settings, rate: int, seconds: float, warmup_
     return sent
 
 
+async def relay(settings: Settings, dest: str, count: int) -> None:
+    """Copy `count` ingress records to `dest` unchanged: the bare consume-and-produce loop to compare with."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                                group_id=None, fetch_max_wait_ms=settings.worker_fetch_max_wait_ms,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
+                                enable_idempotence=True, compression_type="snappy", linger_ms=1)
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(settings.ingress_topic, p) for p in range(settings.default_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        done = 0
+        while done < count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            futures = [await producer.send(dest, r.value, key=r.key, headers=r.headers)
+                       for records in batch.values() for r in records]
+            await asyncio.gather(*futures)
+            done += len(futures)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def rate_of(records: list) -> tuple[float, float]:
+    """Return (events/s, seconds) over the span between the first and the last append of `records`."""
+    stamps = sorted(r.timestamp for r in records)
+    span = max((stamps[-1] - stamps[0]) / 1000, 0.001)
+    return len(records) / span, span
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
@@ -172,6 +212,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy")
+    parser.add_argument("--workers", type=int, default=1, help="workers in the group (throughput run)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency run")
     args = parser.parse_args()
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         subprocess.run([sys.executable, str(ROOT / "infra/kafka/kafkactl.py"), "up"], check=True)
@@ -182,12 +224,13 @@ def main() -> None:
                         default_topic=f"{prefix}.events", schemas_topic=f"{prefix}._schemas",
                         routes_file=tmp / "routes.yaml", worker_data_dir=tmp / "data", worker_stats_interval_s=3600)
     dest = f"{prefix}.dest"
-    topics = [settings.ingress_topic, dest, settings.dlq_topic, settings.default_topic, f"{prefix}.rare",
+    relay_dest = f"{prefix}.relay"
+    topics = [settings.ingress_topic, dest, relay_dest, settings.dlq_topic, settings.default_topic, f"{prefix}.rare",
               settings.schemas_topic, settings.dlq_replays_topic, f"{settings.worker_app_id}-dedup-changelog"]
 
     async def create() -> None:
         async with TopicManager(settings) as manager:
-            for name in (settings.ingress_topic, dest):
+            for name in (settings.ingress_topic, dest, relay_dest):
                 await manager.ensure(name, config=LOG_APPEND)
 
     async def cleanup() -> None:
@@ -200,29 +243,42 @@ def main() -> None:
 
     asyncio.run(create())
     print(f"pipeline benchmark: Kafka at {settings.kafka_bootstrap_servers}, {settings.default_partitions} "
-          f"partitions, one worker (linger "
+          f"partitions, {args.workers} worker(s) (linger "
           f"{settings.worker_linger_ms} ms, fetch wait {settings.worker_fetch_max_wait_ms} ms, dedup on)")
-    worker = None
+    workers: list[subprocess.Popen] = []
     try:
         asyncio.run(preload(settings, args.events))
-        log = open(tmp / "worker.log", "wb")
         started = time.perf_counter()
-        worker = subprocess.Popen([sys.executable, "-m", "streams.worker"], cwd=ROOT, env=settings_env(settings),
-                                  stdout=log, stderr=subprocess.STDOUT)
+        for n in range(args.workers):
+            log = open(tmp / f"worker-{n}.log", "wb")
+            workers.append(subprocess.Popen([sys.executable, "-m", "streams.worker"], cwd=ROOT,
+                                            env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT))
         spy = None
-        if args.profile:
-            time.sleep(4)  # start-up, group join, recovery
-            spy = profile(worker.pid, 8, tmp / "profile.txt")
+        if args.profile:  # from the moment the first worker has its partitions (start-up is not the question)
+            while b"Dedup table ready" not in (tmp / "worker-0.log").read_bytes():
+                time.sleep(0.05)
+            spy = profile(workers[0].pid, 8, tmp / "profile.txt")
         asyncio.run(wait_committed(settings, timeout=600))
         wall = time.perf_counter() - started
         found = asyncio.run(destination_records(settings, dest, args.events, "tp-", timeout=60))
-        stamps = sorted(r.timestamp for r in found)
-        span = (stamps[-1] - stamps[0]) / 1000
-        print(f"  throughput: {len(found):,} events in {span:.2f} s between first and last destination append: "
-              f"{len(found) / span:,.0f} events/s   (aim >= 10,000; {wall:.1f} s from worker start to committed)")
+        worker_rate, span = rate_of(found)
+        print(f"  worker: {len(found):,} events in {span:.2f} s between first and last destination append: "
+              f"{worker_rate:,.0f} events/s   ({wall:.1f} s from worker start to committed)")
         if spy is not None:
             spy.wait(60)
             summarize_profile(tmp / "profile.txt")
+        if args.no_latency:
+            for worker in workers:  # leave the CPU to the relay
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(30)
+            workers = []
+        asyncio.run(relay(settings, relay_dest, args.events))
+        copied = asyncio.run(destination_records(settings, relay_dest, args.events, None, timeout=60))
+        relay_rate, span = rate_of(copied)
+        print(f"  bare aiokafka relay: {len(copied):,} events in {span:.2f} s: {relay_rate:,.0f} events/s")
+        print(f"  ratio worker / relay: {worker_rate / relay_rate:.2f}   (aim >= 0.5)")
+        if args.no_latency:
+            return
         sent = asyncio.run(publish_at_rate(settings, args.rate, args.seconds))
         found = asyncio.run(destination_records(settings, dest, sent, "lat-", timeout=60))
         latencies = [r.timestamp - int(dict(r.headers)["es-ingress-time"]) for r in found]
@@ -231,7 +287,7 @@ def main() -> None:
         print(f"    p50 {percentile(latencies, 50):.1f} ms   p95 {percentile(latencies, 95):.1f} ms   "
               f"p99 {percentile(latencies, 99):.1f} ms   max {max(latencies):.1f} ms   (aim p95 <= 5 ms)")
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.send_signal(signal.SIGTERM)
             worker.wait(30)
         asyncio.run(cleanup())

@@ -22,7 +22,9 @@ import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from bench_auth import auth_headers, edge_env  # noqa: E402
 
 from streams.kafka.producer import EventProducer  # noqa: E402
 from streams.kafka.topics import TopicManager  # noqa: E402
@@ -73,7 +75,7 @@ async def bench_client(settings: Settings, n: int, batch: int) -> None:
 
 async def bench_http(url: str, n: int, batch: int) -> None:
     """Drive the edge with aiohttp (httpx's client tops out near 200 requests/s here, so it would measure itself)."""
-    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=64)) as client:
+    async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=64), headers=auth_headers()) as client:
 
         async def post(path: str, body: object) -> None:
             async with client.post(path, json=body) as resp:
@@ -119,8 +121,10 @@ def main() -> None:
                         default_topic=f"{prefix}.events", schemas_topic=f"{prefix}._schemas")
     port = free_port()
     env = {**os.environ, "ES_HTTP_PORT": str(port), "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "ES_RATE_LIMIT_PUBLISH": "100000000/second",  # measure the edge, not the per-principal limit
            "ES_TOPIC_PREFIX": prefix, "ES_INGRESS_TOPIC": settings.ingress_topic, "ES_DLQ_TOPIC": settings.dlq_topic,
            "ES_DEFAULT_TOPIC": settings.default_topic, "ES_SCHEMAS_TOPIC": settings.schemas_topic}
+    edge_env(env)  # a fresh JWT secret; the publisher sends its admin token
     edge = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

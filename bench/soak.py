@@ -4,7 +4,8 @@
 1. Soak: for --minutes, rounds of --clients plain SSE streams (half resuming with their last id, so
    catch-up readers work too) and --durable durable-connection streams connect, read for a moment and
    disconnect, while events are published at --rate/s. Prints the edge's RSS, open fds, asyncio tasks
-   and Kafka readers before and after (from GET /api/v1/stats).
+   and Kafka readers before and after (from GET /api/v1/stats), and the change per hour
+   (`--minutes 60` for the one-hour soak).
 2. Drain: --drain-clients streams connect, the edge gets SIGTERM; prints how long until every client
    saw its final comment and the process exited.
 
@@ -31,6 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from bench_auth import auth_headers  # noqa: E402
 from sse_load import Edge, free_port  # noqa: E402
 
 from streams.kafka.producer import EventProducer  # noqa: E402
@@ -72,7 +74,12 @@ async def publisher(settings: Settings, topic: str, rate: float, stop: asyncio.E
 
 
 def stats(edge: Edge) -> dict:
-    return httpx.get(edge.url + "/api/v1/stats", timeout=10).json()
+    return httpx.get(edge.url + "/api/v1/stats", timeout=10, headers=auth_headers()).json()
+
+
+def kafka_clients(s: dict) -> int:
+    """Return the Kafka readers the edge holds for streams (tails and started catch-up readers)."""
+    return int(s["tail_readers"]) + int(s["catchup_readers"]["started"])
 
 
 def figures(s: dict) -> str:
@@ -82,11 +89,12 @@ def figures(s: dict) -> str:
             f"/{s['catchup_readers']['max']}  streams {s['streams']['total']}")
 
 
-async def soak(edge: Edge, settings: Settings, topic: str, args: argparse.Namespace) -> None:
+async def soak(edge: Edge, settings: Settings, topic: str, args: argparse.Namespace) -> tuple[dict, float]:
+    """Churn clients for --minutes; return the edge's figures after the first 10 rounds (warm) and when."""
     stop = asyncio.Event()
     pub = asyncio.create_task(publisher(settings, topic, args.rate, stop))
     flt = json.dumps({"topics": [topic]})
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=auth_headers()) as session:
         conns = []
         for _ in range(args.durable):
             async with session.post(edge.url + "/api/v1/connections", json={"filter": {"topics": [topic]}}) as r:
@@ -94,6 +102,7 @@ async def soak(edge: Edge, settings: Settings, topic: str, args: argparse.Namesp
         plain_url = f"{edge.url}/api/v1/events/stream?filter={aiohttp.helpers.quote(flt)}"
         last_ids: list[str | None] = [None] * args.clients
         end, rounds = time.monotonic() + args.minutes * 60, 0
+        warm: tuple[dict, float] | None = None
         while time.monotonic() < end:
             jobs = [read_stream(session, plain_url, 1.5, {"Last-Event-ID": last_ids[i]} if last_ids[i] and i % 2
                                 else {}) for i in range(args.clients)]
@@ -102,12 +111,15 @@ async def soak(edge: Edge, settings: Settings, topic: str, args: argparse.Namesp
             last_ids = [r or last_ids[i] for i, r in enumerate(results[:args.clients])]
             rounds += 1
             if rounds % 10 == 0:
-                print(f"  round {rounds:4d}: {figures(stats(edge))}", flush=True)
+                now = stats(edge)
+                warm = warm or (now, time.monotonic())
+                print(f"  round {rounds:4d}: {figures(now)}", flush=True)
         stop.set()
         sent = await pub
         for c in conns:
             await session.delete(f"{edge.url}/api/v1/connections/{c}")
     print(f"soak: {rounds} rounds x ({args.clients} plain + {args.durable} durable) streams, {sent} events published")
+    return warm or (stats(edge), time.monotonic())
 
 
 async def drain(edge: Edge, topic: str, n: int) -> None:
@@ -125,7 +137,7 @@ async def drain(edge: Edge, topic: str, n: int) -> None:
             finals += b"closing" in body
             ended.append(time.monotonic())
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=auth_headers()) as session:
         tasks = [asyncio.create_task(client(session, asyncio.Event())) for _ in range(n)]
         for _ in range(600):
             if stats(edge)["streams"]["total"] >= n:
@@ -156,7 +168,9 @@ def main() -> None:
     prefix = f"soak-{uuid.uuid4().hex[:6]}"
     settings = Settings(topic_prefix=prefix, ingress_topic=f"{prefix}.ingress", dlq_topic=f"{prefix}.dlq",
                         default_topic=f"{prefix}.events", schemas_topic=f"{prefix}._schemas",
-                        stream_tail_idle_s=2, connection_commit_interval_ms=200)
+                        stream_tail_idle_s=2, connection_commit_interval_ms=200,
+                        # every client comes from 127.0.0.1: no per-principal limits, no tokens
+                        auth="off", rate_limit_stream_opens="100000/second", max_streams_per_principal=100_000)
     topic = f"{prefix}.soak"
 
     async def setup() -> None:
@@ -171,14 +185,20 @@ def main() -> None:
         time.sleep(1)
         before = stats(edge)
         print(f"before: {figures(before)}")
-        asyncio.run(soak(edge, settings, topic, args))
+        warm, warm_at = asyncio.run(soak(edge, settings, topic, args))
         time.sleep(settings.stream_tail_idle_s + 3)
-        after = stats(edge)
+        after, after_at = stats(edge), time.monotonic()
         print(f"after:  {figures(after)}")
         pb, pa = before["process"], after["process"]
         print(f"change: RSS {pa['rss_mb'] - pb['rss_mb']:+.1f} MB, fds {pa['open_fds'] - pb['open_fds']:+d}, "
-              f"tasks {pa['asyncio_tasks'] - pb['asyncio_tasks']:+d}, tail readers "
-              f"{after['tail_readers'] - before['tail_readers']:+d} (catch-up readers are a bounded pool)")
+              f"tasks {pa['asyncio_tasks'] - pb['asyncio_tasks']:+d}, Kafka clients "
+              f"{kafka_clients(after) - kafka_clients(before):+d} (catch-up readers are a bounded pool)")
+        # The slope runs from the warm figures (after 10 rounds: allocator arenas and caches filled) to the end.
+        pw, per_hour = warm["process"], 3600 / max(1.0, after_at - warm_at)
+        print(f"slope per hour (from round 10): RSS {(pa['rss_mb'] - pw['rss_mb']) * per_hour:+.1f} MB/h, "
+              f"fds {(pa['open_fds'] - pw['open_fds']) * per_hour:+.0f}/h, "
+              f"tasks {(pa['asyncio_tasks'] - pw['asyncio_tasks']) * per_hour:+.0f}/h, "
+              f"Kafka clients {(kafka_clients(after) - kafka_clients(warm)) * per_hour:+.0f}/h")
         asyncio.run(drain(edge, topic, args.drain_clients))
         print(f"edge log: {log}")
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import re
 import resource
@@ -41,7 +42,7 @@ class Client(asyncio.Protocol):
         self.transport = transport
         self.buf.clear()
         self.ok = False
-        head = f"GET {self.pool.path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n"
+        head = f"GET {self.pool.path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n{self.pool.auth}"
         if self.last_id:
             head += f"Last-Event-ID: {self.last_id.decode()}\r\n"
         transport.write((head + "\r\n").encode())
@@ -87,6 +88,8 @@ class Pool:
 
     def __init__(self, port: int, path: str, max_seq: int, retry_s: float) -> None:
         self.port, self.path, self.max_seq, self.retry_s = port, path, max_seq, retry_s
+        token = os.environ.get("ES_BENCH_TOKEN")  # set by bench/bench_auth.py unless --auth off
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.clients: list[Client] = []
         self.latencies = array("q")
         self.stopping = False

@@ -38,6 +38,7 @@ from streams.kafka.topics import TopicManager, TopicSpec  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_auth import auth_headers, edge_env  # noqa: E402
 from sse_clients import HOST, Pool  # noqa: E402
 
 
@@ -81,14 +82,22 @@ def cpu_s(pid: int) -> float:
 class Edge:
     """The edge process under test."""
 
-    def __init__(self, settings: Settings, port: int, log: Path, clients: int) -> None:
+    def __init__(self, settings: Settings, port: int, log: Path, clients: int, auth: str = "on") -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
         for name, value in settings.model_dump().items():
+            if value is None:  # unset optional settings stay unset (str(None) would be read as "None")
+                continue
             value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            if value is None:  # unset optional settings (auth key sources) stay unset
+                continue
             key = "KAFKA_BOOTSTRAP_SERVERS" if name == "kafka_bootstrap_servers" else f"ES_{name.upper()}"
             self.env[key] = str(value)
         self.env.update({"ES_HTTP_HOST": HOST, "ES_HTTP_PORT": str(port), "ES_STREAM_MAX_CLIENTS": str(clients + 500),
+                         # every client is one principal here: lift its stream caps (app/routes/limits.py)
+                         "ES_MAX_STREAMS_PER_PRINCIPAL": str(clients + 500),
+                         "ES_RATE_LIMIT_STREAM_OPENS": "1000000/minute",
                          "ES_STREAM_RETRY_MS": "1000", "ES_READY_TIMEOUT_S": "15"})
+        edge_env(self.env, auth)  # a fresh JWT secret (the clients send its admin token), or ES_AUTH=off
         self.url, self.log = f"http://{HOST}:{port}", log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +144,7 @@ async def publish_for(producer: EventProducer, topic: str, start: int, rate: flo
 async def watch_edge(url: str, clients: int) -> None:
     """Print the edge's stream counts every 2s until every client is live again."""
     started = time.monotonic()
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with httpx.AsyncClient(timeout=5, headers=auth_headers()) as http:
         while True:
             await asyncio.sleep(2.0)
             try:
@@ -159,7 +168,9 @@ async def harness(args: argparse.Namespace) -> None:
                         default_topic=f"{prefix}.events", schemas_topic=f"{prefix}._schemas")
     topic, port = f"{prefix}.events", free_port()
     log = Path(f"/tmp/{prefix}-edge.log")
-    edge = Edge(settings, port, log, args.clients)
+    edge = Edge(settings, port, log, args.clients, args.auth)
+    print("auth on: clients send an admin JWT, checked when each stream opens" if args.auth == "on"
+          else "auth off: clients send no credential")
     topics = TopicManager(settings)
     await topics.start()
     await topics.create(TopicSpec(name=topic, partitions=3), exist_ok=True)
@@ -266,6 +277,8 @@ def main() -> None:
     parser.add_argument("--after-restart", type=float, default=5.0, help="seconds published after restart")
     parser.add_argument("--settle", type=float, default=60.0, help="max seconds to wait for resumes")
     parser.add_argument("--no-restart", action="store_true", help="skip the kill -9 / restart phase")
+    parser.add_argument("--auth", choices=("on", "off"), default="on",
+                        help="edge authentication (default on; off to compare the cost)")
     args = parser.parse_args()
     uvloop.run(harness(args))
 

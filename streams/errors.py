@@ -1,6 +1,15 @@
-"""One error tree for everything that talks Kafka; the edge maps it to problem+json in one place."""
+"""One error tree for the service; the edge maps it to problem+json in one handler (app.problems).
+
+Each error names its HTTP `status` and `title`; `field` names the request member at fault, and
+`error_code` is the Confluent Schema Registry code the registry API answers with.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+# Seconds a client should wait before retrying a retriable error (the Retry-After header).
+RETRY_AFTER_S = 5
 
 
 class StreamError(Exception):
@@ -9,6 +18,10 @@ class StreamError(Exception):
     retriable = False
     status = 500
     title = "Stream error"
+    field: str | None = None
+    error_code: int | None = None
+    headers: dict[str, str] | None = None  # extra response headers (Retry-After, RateLimit...)
+    extra: dict[str, Any] | None = None  # extra members of the problem+json body (app/problems.py)
 
 
 class ValidationFailed(StreamError):
@@ -27,6 +40,19 @@ class PayloadTooLarge(StreamError):
 
     status = 413
     title = "Payload too large"
+
+
+class LimitExceeded(StreamError):
+    """A request goes past a configured bound; the message names the limit and the setting that sets it."""
+
+    status = 400
+    title = "Limit exceeded"
+
+    def __init__(self, message: str, *, field: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        if status is not None:
+            self.status = status
 
 
 class CodecError(StreamError):

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real Kafka broker per test run, chosen as DEVELOPERS.md says.
+"""Shared fixtures: one real Kafka broker per test run, found as follows.
 
 Order: KAFKA_BOOTSTRAP_SERVERS if set; testcontainers' Kafka when a Docker engine answers;
 otherwise the local KRaft broker from infra/kafka (started once, stopped at the end if we started it).
@@ -72,6 +72,7 @@ def unique(prefix: str = "t") -> str:
 def settings_factory(kafka_bootstrap: str) -> Callable[..., object]:
     """Return a factory of Settings whose internal topics are private to the calling test."""
     from streams.settings import Settings
+    from tests.auth_helpers import TEST_SECRET
 
     def make(**overrides: object) -> Settings:
         base = unique("t")
@@ -82,6 +83,7 @@ def settings_factory(kafka_bootstrap: str) -> Callable[..., object]:
             "dlq_topic": f"{base}.dlq",
             "default_topic": f"{base}.events",
             "schemas_topic": f"{base}._schemas",
+            "auth_jwt_secret": TEST_SECRET,  # the suite runs with authentication on (tests/auth_helpers.py)
         }
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]

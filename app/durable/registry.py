@@ -1,14 +1,20 @@
 """Durable connections: a client's filter and options kept in a compacted topic, and its position kept
 as the committed offsets of a consumer group of its own, so it can resume from any edge process
-after minutes or days, with or without Last-Event-ID."""
+after minutes or days, with or without Last-Event-ID.
+
+The position is also copied into the definition (at create, while streaming and at release): the
+broker purges a group's offsets `offsets.retention.minutes` after its last commit, which can come
+before the connection's TTL, and the copy is what the stream then resumes from."""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -17,15 +23,31 @@ from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.fanout.filters import EventFilter
+from app.fanout.tokens import STREAM, check_room
 from streams.envelope import iso
 from streams.errors import StreamError
 from streams.kafka.group_offsets import GroupOffsets
 from streams.kafka.table import CompactedTable
 from streams.kafka.topics import TopicManager
 from streams.settings import Settings
+from streams.supervise import supervise
 
 log = logging.getLogger(__name__)
 Status = Literal["connecting", "connected", "disconnected", "error"]
+Offsets = dict[TopicPartition, int]
+
+
+def offsets_to_json(offsets: Offsets) -> dict[str, dict[str, int]]:
+    """Return offsets as the definition stores them: {topic: {partition: next offset}}."""
+    out: dict[str, dict[str, int]] = {}
+    for tp, offset in offsets.items():
+        out.setdefault(tp.topic, {})[str(tp.partition)] = offset
+    return out
+
+
+def offsets_from_json(stored: dict[str, dict[str, int]] | None) -> Offsets:
+    """Return the offsets a definition stores (empty for a definition written before positions were kept)."""
+    return {TopicPartition(t, int(p)): off for t, parts in (stored or {}).items() for p, off in parts.items()}
 
 
 class ConnectionNotFound(StreamError):
@@ -56,7 +78,8 @@ class ConnectionSpec(BaseModel):
     filter: EventFilter = Field(default_factory=EventFilter)
     options: ConnectionOptions = Field(default_factory=ConnectionOptions)
     start: Literal["latest", "earliest"] | datetime = "latest"
-    owner: str | None = Field(None, max_length=256, description="free text: who created it")
+    owner: str | None = Field(None, max_length=256, description="free text about who created it, kept as `label`; "
+                                                                 "the connection belongs to the creator's `sub`")
 
 
 class Connections:
@@ -76,7 +99,7 @@ class Connections:
         await self.groups.start()
         await self.table.start()
         self.table.subscribe(self._changed)
-        self._sweeper = asyncio.create_task(self._sweep_loop(), name="connections-sweeper")
+        self._sweeper = supervise("connections-sweeper", self._sweep_loop, context="expiring idle connections")
 
     async def stop(self) -> None:
         """Stop the sweeper and disconnect."""
@@ -87,6 +110,17 @@ class Connections:
             self._sweeper = None
         await self.table.stop()
         await self.groups.stop()
+
+    async def __aenter__(self) -> Connections:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # a start that failed half-way (groups up, table not) leaves nothing open
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def group_id(self, conn_id: str) -> str:
         """Return the consumer group that holds the connection's position."""
@@ -100,9 +134,10 @@ class Connections:
             tps += [TopicPartition(name, p) for p in await self.topics.partitions(name)]
         return tps
 
-    async def create(self, spec: ConnectionSpec) -> dict[str, Any]:
-        """Fix the start position as committed offsets, then store the definition."""
+    async def create(self, spec: ConnectionSpec, *, owner: str) -> dict[str, Any]:
+        """Fix the start position as committed offsets, then store the definition, owned by `owner` (a sub)."""
         tps = await self.layout(spec.filter)
+        check_room(STREAM, Counter(tp.topic for tp in tps))  # every position it commits must fit a token
         conn_id = uuid.uuid4().hex[:16]
         start: str | int = spec.start if isinstance(spec.start, str) else int(spec.start.timestamp() * 1000)
         offsets = await self.groups.start_offsets(tps, start)
@@ -110,8 +145,10 @@ class Connections:
         now = iso(datetime.now(UTC))
         definition = {
             "id": conn_id, "filter": spec.filter.model_dump(exclude_none=True), "options": spec.options.model_dump(),
-            "start": spec.start if isinstance(spec.start, str) else iso(spec.start), "owner": spec.owner,
-            "created_at": now, "last_seen_at": now, "events_delivered": 0, "last_event_time": None, "stream": None,
+            "start": spec.start if isinstance(spec.start, str) else iso(spec.start), "owner": owner,
+            "label": spec.owner, "created_at": now, "last_seen_at": now, "events_delivered": 0,
+            "last_event_time": None, "stream": None,
+            "position": offsets_to_json(offsets),
         }
         await self.table.put(conn_id, definition)
         log.info("Created connection %s (group %s).", conn_id, self.group_id(conn_id))
@@ -132,13 +169,49 @@ class Connections:
         """Return the connection's options."""
         return ConnectionOptions.model_validate(self.get(conn_id)["options"])
 
-    async def committed(self, conn_id: str) -> dict[TopicPartition, int]:
-        """Return the connection's committed position."""
-        return await self.groups.committed(self.group_id(conn_id))
+    async def committed(self, conn_id: str) -> Offsets:
+        """Return the connection's position: the group's committed offsets, and where the broker purged
+        them (offsets retention), the copy kept with the definition; empty partitions were never known."""
+        committed = await self.groups.committed(self.group_id(conn_id))
+        kept = offsets_from_json(self.get(conn_id).get("position"))
+        lost = [tp for tp in kept if tp not in committed]
+        if lost:
+            log.warning("Connection %s: the broker no longer holds the committed offsets of %s (offsets retention); "
+                        "resuming from the position kept with the definition.", conn_id,
+                        ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(lost)))
+        return {**kept, **committed}
 
-    async def commit(self, conn_id: str, offsets: dict[TopicPartition, int]) -> None:
+    async def commit(self, conn_id: str, offsets: Offsets) -> None:
         """Commit the next offsets to deliver (after the bytes before them were flushed)."""
         await self.groups.commit(self.group_id(conn_id), offsets)
+        live = self.live.get(conn_id)
+        if live is not None:
+            live["position"] = {**live.get("position", {}), **offsets}
+
+    def refresh_interval_s(self) -> float:
+        """Return how often a live stream refreshes its definition: well inside the TTL other edges apply."""
+        return max(self.settings.connection_ttl_s / 4, self.settings.connection_commit_interval_ms / 1000)
+
+    async def touch(self, conn_id: str, token: str) -> None:
+        """Refresh last-seen time, counters and kept position of the stream that holds `token`, so no edge
+        expires a connection that is streaming; nothing when another stream took over."""
+        live = self.live.get(conn_id)
+        definition = self.table.get(conn_id)
+        if live is None or live["token"] != token or definition is None:
+            return
+        if (definition.get("stream") or {}).get("token") != token:
+            return
+        await self.table.put(conn_id, self._updated(definition, live, stream=definition.get("stream")))
+
+    def _updated(self, definition: dict[str, Any], live: dict[str, Any], stream: Any) -> dict[str, Any]:
+        """Return the definition with the live stream's counters, position and a fresh last-seen time."""
+        updated = dict(definition)
+        updated.update(last_seen_at=iso(datetime.now(UTC)), events_delivered=live["events_delivered"],
+                       last_event_time=live["last_event_time"], stream=stream)
+        if live.get("position"):
+            kept = offsets_from_json(definition.get("position"))
+            updated["position"] = offsets_to_json({**kept, **live["position"]})
+        return updated
 
     async def status(self, conn_id: str) -> dict[str, Any]:
         """Return the definition with live status, delivery counters and per-partition lag."""
@@ -202,13 +275,10 @@ class Connections:
         definition = self.table.get(conn_id)
         if definition is None:
             return
-        definition = dict(definition)
         stream = definition.get("stream") or {}
-        definition.update(last_seen_at=iso(datetime.now(UTC)), events_delivered=live["events_delivered"],
-                          last_event_time=live["last_event_time"],
-                          stream=None if stream.get("token") == token else stream)
+        updated = self._updated(definition, live, stream=None if stream.get("token") == token else stream)
         with contextlib.suppress(StreamError):
-            await self.table.put(conn_id, definition)
+            await self.table.put(conn_id, updated)
 
     def connected(self, conn_id: str, token: str) -> None:
         """Mark the stream that holds `token` as connected."""
@@ -252,7 +322,7 @@ class Connections:
             except StreamError as exc:
                 log.warning("Expiring idle connections failed, will retry: %s", exc)
 
-    async def expire(self, now: float | None = None) -> list[str]:
+    async def expire(self, now: float | None = None) -> builtins.list[str]:
         """Delete connections idle (not streaming anywhere) for longer than connection_ttl_s."""
         now = time.time() if now is None else now
         gone = []

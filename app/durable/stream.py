@@ -14,11 +14,11 @@ from aiokafka import TopicPartition
 
 from app.durable.registry import Connections
 from app.fanout.hub import FilterGroup, Hub
-from app.fanout.records import Positions
+from app.fanout.records import LOST, Positions
+from app.fanout.response import EventStreamResponse
 from app.fanout.tokens import TokenError
-from app.routes.stream import EventStreamResponse
 from app.sse.framing import format_comment, format_retry
-from app.sse.writer import Connection, Encoder, Send
+from app.sse.writer import DEFAULT_MAX_BYTES, Connection, Encoder, Send
 from streams.envelope import iso
 from streams.errors import StreamError
 
@@ -29,27 +29,21 @@ HOST = socket.gethostname()
 class TrackedConnection(Connection):
     """A Connection that knows the resume token of the last event the client's socket accepted.
 
-    A frame written straight to the transport counts as delivered at once; frames queued while the
-    client is slow count only when the queue has drained without a failed send.
+    A frame the socket took at once (written to the transport, or a `send` that did not wait) counts
+    as delivered at once; frames queued while the client is slow count only when the writer reports
+    a flush in which no send failed (`on_flushed`).
     """
 
-    __slots__ = ("delivered", "delivered_count", "_pending", "_pending_count", "_failed")
+    __slots__ = ("delivered", "delivered_count", "_pending", "_pending_count")
 
-    def __init__(self, send: Send, max_buffer: int, encoder: Encoder | None = None) -> None:
-        self._failed = False
-
-        async def tracked(message: dict[str, Any]) -> None:  # a closure over `send`: the fast path still finds it
-            try:
-                await send(message)
-            except Exception:
-                self._failed = True
-                raise
-
-        super().__init__(tracked, max_buffer, encoder)
+    def __init__(self, send: Send, max_buffer: int, encoder: Encoder | None = None, *, direct: bool = True,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__(send, max_buffer, encoder, direct=direct, max_bytes=max_bytes)
         self.delivered: bytes | None = None
         self.delivered_count = 0
         self._pending: bytes | None = None
         self._pending_count = 0
+        self.on_flushed = self._flushed
 
     def write(self, data: bytes) -> bool:
         """Write like Connection and note the token of an event frame as delivered or pending."""
@@ -65,9 +59,9 @@ class TrackedConnection(Connection):
                 self._pending_count += 1
         return ok
 
-    async def _flush(self, coro: Any, waiting: Any) -> None:
-        await super()._flush(coro, waiting)
-        if not self._failed and self._pending is not None:
+    def _flushed(self) -> None:
+        """Count the frames queued while the client was slow as delivered: the socket took them all."""
+        if self._pending is not None:
             self.delivered, self._pending = self._pending, None
             self.delivered_count += self._pending_count
             self._pending_count = 0
@@ -80,18 +74,23 @@ def positions_to_offsets(positions: Positions) -> dict[TopicPartition, int]:
 
 async def start_positions(hub: Hub, group: FilterGroup, connections: Connections, conn_id: str,
                           token: str | None) -> Positions:
-    """Return where the stream starts: the committed position, or a newer Last-Event-ID."""
+    """Return where the stream starts: the Last-Event-ID the client sends, older or newer than the
+    committed position (it is what the client processed: bytes the socket took may have been lost
+    in buffers when its network died), else the committed position."""
     committed = await connections.committed(conn_id)
     layout = hub.layout(group)
-    start = {t: [committed.get(TopicPartition(t, p), 0) for p in range(n)] for t, n in layout.items()}
+    known = {tp.topic for tp in committed}  # a topic with no offset kept anywhere lost its position: catch-up
+    start = {t: [committed.get(TopicPartition(t, p), 0 if t in known else LOST) for p in range(n)]  # sends a reset
+             for t, n in layout.items()}
     if token:
         try:
-            resumed = hub.decode_token(group, token)
+            resumed = await hub.resume_positions(group, token)
         except TokenError:
             log.info("Ignoring a Last-Event-ID that does not fit connection %s.", conn_id)
             return start
-        if all(a >= b for t in start for a, b in zip(resumed[t], start[t], strict=True)):
-            return resumed
+        if any(a < b for t in start for a, b in zip(resumed[t], start[t], strict=True)):
+            log.info("Connection %s resumes from a Last-Event-ID behind its committed position.", conn_id)
+        return resumed
     return start
 
 
@@ -121,16 +120,20 @@ class DurableStreamResponse(EventStreamResponse):
             claim = await self.connections.claim(self.conn_id, HOST, close)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             encoder = Encoder(self.encoding) if self.encoding else None
-            conn = TrackedConnection(send, self.options.bufferMaxSize, encoder)
+            settings = self.hub.settings  # bufferMaxSize counts frames; their bytes are bounded by the edge's limit
+            conn = TrackedConnection(send, self.options.bufferMaxSize, encoder, direct=settings.stream_direct_writes,
+                                     max_bytes=settings.stream_buffer_max_bytes)
             conn.write(format_retry(self.options.retryDelay))
             sub = self.hub.open(self.group, conn, self.heartbeat_s, self.start)
+            self.watch_expiry(sub)  # the credential's `exp` ends this stream too
             if taken:
                 close(taken[0])
             self.connections.connected(self.conn_id, claim)
-            committer = asyncio.create_task(self._commit_loop(conn), name=f"commit-{self.conn_id}")
+            committer = asyncio.create_task(self._commit_loop(conn, claim), name=f"commit-{self.conn_id}")
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:
+            self.unwatch_expiry()
             if committer is not None:
                 committer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -146,13 +149,19 @@ class DurableStreamResponse(EventStreamResponse):
             if claim:
                 await self.connections.release(self.conn_id, claim)
 
-    async def _commit_loop(self, conn: TrackedConnection) -> None:
-        """Commit the delivered position every connection_commit_interval_ms, so commits stay cheap."""
+    async def _commit_loop(self, conn: TrackedConnection, claim: str) -> None:
+        """Commit the delivered position every connection_commit_interval_ms, so commits stay cheap, and
+        refresh the definition (last seen, kept position) often enough that no edge expires it."""
         interval = self.hub.settings.connection_commit_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        touched = loop.time()
         while True:
             await asyncio.sleep(interval)
             try:
                 await self._commit(conn)
+                if loop.time() - touched >= self.connections.refresh_interval_s():
+                    await self.connections.touch(self.conn_id, claim)
+                    touched = loop.time()
             except (StreamError, TokenError) as exc:
                 log.warning("Committing connection %s failed, will retry: %s", self.conn_id, exc)
 

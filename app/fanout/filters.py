@@ -1,27 +1,41 @@
 """Event filters for streams and history: the JSON model clients send and a matcher compiled once.
 
 A filter is compiled once per distinct filter (not per client): the hub groups clients by
-`CompiledFilter.key` and runs `matches` once per record for each group.
+`CompiledFilter.key` and runs `matches` once per record for each group. Matching itself is
+`streams.matching`, the same matcher routing rules use.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from collections.abc import Callable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streams.errors import StreamError
 from streams.kafka.topics import TOPIC_NAME
+from streams.matching import EventMatcher, Scalar, check_where, json_key
 
-Scalar = str | int | float | bool | None
+# Filter complexity, so that one filter cannot slow a whole edge: entries per field, characters per
+# pattern, patterns in all, `where` paths and values, topics (whose partitions are bounded by the
+# token size, app/fanout/tokens.py `check_room`), and the filter's JSON text.
 MAX_ITEMS = 50
+MAX_PATTERN_CHARS = 256
+MAX_PATTERNS = 100
+MAX_TOPICS = 20
+MAX_WHERE = 20
+MAX_WHERE_VALUES = 100
+MAX_VALUE_CHARS = 1024
+MAX_FILTER_CHARS = 16_384
 
 
-class FilterError(ValueError):
+class FilterError(StreamError, ValueError):
     """A filter is not valid JSON or breaks the filter rules; the message says what is wrong."""
+
+    status = 400
+    title = "Invalid filter"
+    field = "filter"
 
 
 def _no_empty(name: str, value: list[Any] | None) -> list[Any] | None:
@@ -33,19 +47,21 @@ def _no_empty(name: str, value: list[Any] | None) -> list[Any] | None:
 class EventFilter(BaseModel):
     """What a client wants to see; every given field must match (an absent field matches all).
 
-    `types`, `sources` and `subjects` are globs (`*` any run of characters, `?` one character);
-    `tags` matches when the event has any of them; `where` compares fields of `data` (dotted paths
-    for nested objects) with a value (equality) or a list of values (membership).
+    `types`, `sources` and `subjects` are globs (`*` any run of characters, `?` one character, all
+    else literal); `tags` matches when the event has any of them, `tags_all` when it has all of them;
+    `where` compares fields of `data` (dotted paths for nested objects) with a value (equality) or a
+    list of values (membership). The rules are those of `streams.matching`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    topics: list[str] | None = Field(default=None, max_length=20)
+    topics: list[str] | None = Field(default=None, max_length=MAX_TOPICS)
     types: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
     sources: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
     subjects: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
     tags: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
-    where: dict[str, Scalar | list[Scalar]] | None = Field(default=None, max_length=20)
+    tags_all: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
+    where: dict[str, Scalar | list[Scalar]] | None = Field(default=None, max_length=MAX_WHERE)
 
     @field_validator("topics")
     @classmethod
@@ -55,12 +71,12 @@ class EventFilter(BaseModel):
                 raise ValueError(f"{name!r} is not a valid Kafka topic name")
         return value
 
-    @field_validator("types", "sources", "subjects", "tags")
+    @field_validator("types", "sources", "subjects", "tags", "tags_all")
     @classmethod
     def _patterns(cls, value: list[str] | None, info: Any) -> list[str] | None:
         for item in _no_empty(info.field_name, value) or []:
-            if not item or len(item) > 256:
-                raise ValueError("each entry must be 1-256 characters")
+            if not item or len(item) > MAX_PATTERN_CHARS:
+                raise ValueError(f"each entry must be 1-{MAX_PATTERN_CHARS} characters")
         return value
 
     @field_validator("where")
@@ -68,18 +84,31 @@ class EventFilter(BaseModel):
     def _where(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and not value:
             raise ValueError("where must not be empty; leave it out to match every event")
+        check_where(value or {})
         for path, expected in (value or {}).items():
-            if not path or any(not part for part in path.split(".")):
-                raise ValueError(f"field path {path!r} must be dotted names such as 'status' or 'run.status'")
-            if isinstance(expected, list) and not expected:
-                raise ValueError(f"where[{path!r}] must list at least one value")
+            values = expected if isinstance(expected, list) else [expected]
+            if len(path) > MAX_PATTERN_CHARS:
+                raise ValueError(f"where paths are at most {MAX_PATTERN_CHARS} characters")
+            if len(values) > MAX_WHERE_VALUES:
+                raise ValueError(f"where[{path!r}] lists {len(values)} values; the limit is {MAX_WHERE_VALUES}")
+            if any(isinstance(v, str) and len(v) > MAX_VALUE_CHARS for v in values):
+                raise ValueError(f"where[{path!r}] values are at most {MAX_VALUE_CHARS} characters")
         return value
+
+    @model_validator(mode="after")
+    def _pattern_count(self) -> EventFilter:
+        count = sum(len(getattr(self, name) or ()) for name in ("types", "sources", "subjects", "tags", "tags_all"))
+        if count > MAX_PATTERNS:
+            raise ValueError(f"the filter has {count} patterns and tags in all; the limit is {MAX_PATTERNS}")
+        return self
 
 
 def parse_filter(raw: str | None) -> EventFilter:
     """Parse the `filter` query parameter (JSON) into an EventFilter, raising FilterError."""
     if raw is None or not raw.strip():
         return EventFilter()
+    if len(raw) > MAX_FILTER_CHARS:
+        raise FilterError(f"filter is {len(raw)} characters; the limit is {MAX_FILTER_CHARS}")
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -93,84 +122,29 @@ def parse_filter(raw: str | None) -> EventFilter:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown filter field; use topics, types, sources, subjects, tags or where"
+            msg = "unknown filter field; use topics, types, sources, subjects, tags, tags_all or where"
         raise FilterError(f"filter.{loc}: {msg}" if loc else msg) from None
 
 
-def glob_regex(patterns: list[str]) -> re.Pattern[str]:
-    """Compile globs (`*` and `?` only; everything else literal) into one anchored regex."""
-    parts = []
-    for pattern in patterns:
-        parts.append("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
-    return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL)
-
-
-def _kind(value: Any) -> tuple[str, Any]:
-    """Key a JSON scalar so that true != 1 and 1 == 1.0, as JSON equality expects."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", value)
-    if value is None:
-        return ("z", None)
-    if isinstance(value, str):
-        return ("s", value)
-    return ("x", id(value))  # objects and arrays never equal a scalar
-
-
-class CompiledFilter:
+class CompiledFilter(EventMatcher):
     """A filter with its topics resolved, its matcher built, and a key shared by equal filters."""
 
     def __init__(self, spec: EventFilter, default_topics: list[str]) -> None:
+        super().__init__(types=spec.types, sources=spec.sources, subjects=spec.subjects, tags=spec.tags,
+                         tags_all=spec.tags_all, where=spec.where)
         self.spec = spec
         self.topics: list[str] = sorted(set(spec.topics or default_topics))
-        canonical = {
+        canonical: dict[str, Any] = {
             "topics": self.topics,
             "types": sorted(set(spec.types or [])),
             "sources": sorted(set(spec.sources or [])),
             "subjects": sorted(set(spec.subjects or [])),
             "tags": sorted(set(spec.tags or [])),
-            "where": {k: (sorted(set(map(_kind, v))) if isinstance(v, list) else [_kind(v)])
+            "where": {k: (sorted(set(map(json_key, v))) if isinstance(v, list) else [json_key(v)])
                       for k, v in sorted((spec.where or {}).items())},
         }
+        if spec.tags_all:  # only when given, so that the keys (and token scopes) of older filters stay put
+            canonical["tags_all"] = sorted(set(spec.tags_all))
         self.key: str = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS).decode()
         # 16 bytes of the filter's hash bind resume tokens and cursors to this very filter.
         self.scope: bytes = hashlib.sha256(self.key.encode()).digest()[:16]
-        self._checks = self._build()
-
-    def _build(self) -> list[Callable[[dict[str, Any]], bool]]:
-        spec, checks = self.spec, []
-        for field, attr in (("types", "type"), ("sources", "source"), ("subjects", "subject")):
-            patterns = getattr(spec, field)
-            if patterns:
-                regex = glob_regex(patterns)
-                checks.append(lambda ev, a=attr, r=regex: (v := ev.get(a)) is not None and r.match(v) is not None)
-        if spec.tags:
-            wanted = frozenset(spec.tags)
-            checks.append(lambda ev: not wanted.isdisjoint(ev.get("tags") or ()))
-        for path, expected in (spec.where or {}).items():
-            allowed = frozenset(map(_kind, expected if isinstance(expected, list) else [expected]))
-            checks.append(lambda ev, p=path.split("."), a=allowed: _lookup(ev.get("data"), p, a))
-        return checks
-
-    def matches(self, event: dict[str, Any]) -> bool:
-        """Tell whether a CloudEvents JSON dict (as `record_to_json` returns) passes every check."""
-        for check in self._checks:
-            if not check(event):
-                return False
-        return True
-
-
-_MISSING = object()
-
-
-def _lookup(data: Any, path: list[str], allowed: frozenset[tuple[str, Any]]) -> bool:
-    for part in path:
-        if not isinstance(data, dict):
-            return False
-        data = data.get(part, _MISSING)
-        if data is _MISSING:
-            return False
-    if isinstance(data, dict | list):
-        return False
-    return _kind(data) in allowed

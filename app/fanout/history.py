@@ -13,16 +13,18 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.fanout.filters import CompiledFilter
-from app.fanout.tokens import HISTORY, TokenError
+from app.fanout.ports import Decode
+from app.fanout.positions import OffsetsReader
+from app.fanout.tokens import HISTORY, TokenCodec, TokenError, check_room
 from streams.errors import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from app.fanout.hub import Hub
+from streams.kafka import clients
+from streams.kafka.topics import TopicManager
+from streams.settings import Settings
 
 MAX_LIMIT = 1000
 MAX_SCAN = 50_000  # records examined per page; a rare filter may get a short page with a `next` cursor
@@ -33,8 +35,13 @@ FETCH_TRIES = 50
 class HistoryReader:
     """Serve history pages with a small pool of reusable consumers."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, settings: Settings, topics: TopicManager, offsets: OffsetsReader, tokens: TokenCodec,
+                 decode: Decode) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.offsets = offsets
+        self.tokens = tokens
+        self.decode = decode
         self._slots = asyncio.Semaphore(READERS)
         self._idle: list[AIOKafkaConsumer] = []
 
@@ -50,11 +57,9 @@ class HistoryReader:
             if self._idle:
                 consumer = self._idle.pop()
             else:
-                s = self.hub.settings
-                consumer = AIOKafkaConsumer(
-                    bootstrap_servers=s.kafka_bootstrap_servers, client_id=f"{s.client_id}-history",
-                    group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                    fetch_max_wait_ms=s.stream_fetch_max_wait_ms, request_timeout_ms=s.request_timeout_ms)
+                s = self.settings
+                consumer = clients.reader(s, "history", auto_offset_reset="earliest",
+                                          fetch_max_wait_ms=s.stream_fetch_max_wait_ms)
                 await consumer.start()
             try:
                 yield consumer
@@ -67,14 +72,14 @@ class HistoryReader:
     async def page(self, flt: CompiledFilter, limit: int, cursor: str | None,
                    since: datetime | None) -> tuple[list[dict[str, Any]], str | None]:
         """Return up to `limit` matching events and the cursor of the next page (None at the end)."""
-        hub = self.hub
-        layout = {t: len(await hub.topics.partitions(t)) for t in flt.topics}
+        layout = {t: len(await self.topics.partitions(t)) for t in flt.topics}
+        check_room(HISTORY, layout)  # every cursor of this filter must fit the token size limit
         if cursor:
             pos, bound = self._from_cursor(flt, cursor, layout)
         else:
-            ends = await hub.offsets.end(layout)
-            starts = (await hub.offsets.at_time(layout, int(since.timestamp() * 1000)) if since
-                      else await hub.offsets.beginning(layout))
+            ends = await self.offsets.end(layout)
+            starts = (await self.offsets.at_time(layout, int(since.timestamp() * 1000)) if since
+                      else await self.offsets.beginning(layout))
             pos = {TopicPartition(t, p): starts[t][p] for t in layout for p in range(layout[t])}
             bound = {TopicPartition(t, p): ends[t][p] for t in layout for p in range(layout[t])}
         events = await self._read(flt, limit, pos, bound)
@@ -82,11 +87,11 @@ class HistoryReader:
             return events, None
         groups = [[v for p in range(layout[t]) for v in (pos[TopicPartition(t, p)], bound[TopicPartition(t, p)])]
                   for t in flt.topics]
-        return events, hub.tokens.encode(HISTORY, flt.scope, groups)
+        return events, self.tokens.encode(HISTORY, flt.scope, groups)
 
     def _from_cursor(self, flt: CompiledFilter, cursor: str, layout: dict[str, int]
                      ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        groups = self.hub.tokens.decode(cursor, HISTORY, flt.scope)
+        groups = self.tokens.decode(cursor, HISTORY, flt.scope)
         if len(groups) != len(flt.topics):
             raise TokenError("cursor does not cover this filter's topics")
         pos: dict[TopicPartition, int] = {}
@@ -122,7 +127,7 @@ class HistoryReader:
                 record = buffers[tp].popleft()
                 pos[tp] = record.offset + 1
                 scanned += 1
-                event = await self.hub.decoder.decode(record)
+                event = await self.decode(record)
                 if event is not None and flt.matches(event):
                     events.append(event)
         return events

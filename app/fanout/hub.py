@@ -18,8 +18,9 @@ from typing import Any
 from app.fanout.catchup import CatchUpPool
 from app.fanout.filters import CompiledFilter
 from app.fanout.history import HistoryReader
+from app.fanout.ports import CatchUpPorts
 from app.fanout.positions import OffsetsReader
-from app.fanout.records import Positions, RecordDecoder, frame_body
+from app.fanout.records import NEW, Positions, RecordDecoder, frame_body
 from app.fanout.replay import ReplayEntry, ReplayFrames
 from app.fanout.subscribers import CATCHUP, CLOSED, LIVE, FilterGroup, Subscriber
 from app.fanout.tail import TailReader
@@ -28,13 +29,16 @@ from app.sse.framing import PING, format_comment, with_id
 from app.sse.writer import Connection
 from streams.errors import StreamError
 from streams.kafka.topics import TopicManager
+from streams.metrics import Histogram
 from streams.schema.codec import AvroCodec
 from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
+from streams.supervise import supervise
 
 log = logging.getLogger(__name__)
 SLOW = format_comment("closing: this client read too slowly; reconnect with Last-Event-ID to resume")
 SHUTDOWN = format_comment("closing: the edge is restarting; reconnect with Last-Event-ID to resume")
+FAILED = format_comment("closing: this edge cannot read the topic right now; reconnect with Last-Event-ID to resume")
 SWEEP_S = 0.5
 
 
@@ -46,24 +50,39 @@ class HubClosed(StreamError):
     title = "Edge shutting down"
 
 
+class TooManyFilterGroups(StreamError):
+    """The edge serves as many distinct filters as it may; a new one must wait or go to another edge."""
+
+    retriable = True
+    status = 503
+    title = "Too many filter groups"
+
+
 class Hub:
     """Fan records out from one tail reader per topic to every matching client."""
 
     def __init__(self, settings: Settings, registry: SchemaRegistry, topics: TopicManager) -> None:
         self.settings = settings
         self.tokens = TokenCodec(settings.stream_token_secret.get_secret_value().encode())
-        self.decoder = RecordDecoder(AvroCodec.from_file(settings.schemas_dir / "envelope.avsc", registry))
+        self.decoder = RecordDecoder(AvroCodec.from_file(settings.schemas_dir / "envelope.avsc", registry),
+                                     dlq_topic=settings.dlq_topic)
+        self.undecodable = self.decoder.undecodable  # topic -> records skipped as not events (metrics read it)
         self.offsets = OffsetsReader(settings)
         self.topics = topics
         self.tails: dict[str, TailReader] = {}
         self.groups: dict[str, FilterGroup] = {}
         self.by_topic: dict[str, list[FilterGroup]] = {}
         self.subscribers: set[Subscriber] = set()
-        self.catchup = CatchUpPool(self, settings)
-        self.history = HistoryReader(self)
+        # Catch-up and history get what they read and the callbacks they call, never the hub itself.
+        self.catchup_ports = CatchUpPorts(self.tails, self.decoder.decode, self.tokens, self.attach, self.requeue,
+                                          self.delivered)
+        self.catchup = CatchUpPool(self.catchup_ports, settings)
+        self.history = HistoryReader(settings, topics, self.offsets, self.tokens, self.decoder.decode)
         self.leases = 0
         self.deliveries = 0  # events written to clients (live, replayed and caught up)
         self.fallbacks = 0  # clients sent back to catch-up because their buffer overflowed
+        self.slow_closed = 0  # clients closed because they stayed too slow
+        self.latency = Histogram()  # ingress append to frames written, per event and filter group (s)
         self._rate: deque[tuple[float, int]] = deque(maxlen=int(10 / SWEEP_S))  # (time, deliveries) samples
         self.closing = False
         self._users: dict[str, int] = {}
@@ -86,7 +105,8 @@ class Hub:
             if self.closing:
                 raise HubClosed("the hub is stopping")
             await self.offsets.start()
-            self._sweeper = asyncio.create_task(self._sweep(), name="sse-sweeper")
+            self._sweeper = supervise("sse-sweeper", self._sweep, context="sending heartbeats and closing slow "
+                                      "clients", on_give_up=self._sweeper_failed)
             self._started = True
             log.info("Stream hub started.")
             default = Settings.model_fields["stream_token_secret"].default.get_secret_value()
@@ -107,13 +127,21 @@ class Hub:
         for handle in self._idle.values():
             handle.cancel()
         self._idle.clear()
-        tails, self.tails = list(self.tails.values()), {}
+        tails = list(self.tails.values())
+        self.tails.clear()  # the same dict that catch-up reads
         for tail in tails:
             await tail.stop()
         await self.offsets.stop()
         if self._started:
             log.info("Stream hub stopped.")
         self._started = False
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     def close_all(self) -> None:
         """End every stream with a comment telling the client to resume, and refuse new ones."""
@@ -133,7 +161,7 @@ class Hub:
             "tails": {topic: tail.pos for topic, tail in self.tails.items()},
             "catchup_waiting": self.catchup.waiting, "catchup_jobs": self.catchup.jobs_run,
             "replays": self.replays,
-            "skipped_records": self.decoder.skipped,
+            "skipped_records": self.decoder.skipped, "undecodable": dict(self.undecodable),
         }
 
     # ------------------------------------------------------------------ streams
@@ -146,6 +174,9 @@ class Hub:
         """Make sure the filter's topics are tailed and take a lease on its group (TopicNotFound if unknown)."""
         if self.closing:
             raise HubClosed("the edge is shutting down")
+        if flt.key not in self.groups and len(self.groups) >= self.settings.stream_max_filter_groups:
+            raise TooManyFilterGroups(f"this edge serves {len(self.groups)} distinct filters, its limit "
+                                      "(ES_STREAM_MAX_FILTER_GROUPS); use a filter other streams use, or retry")
         await self.start()
         for topic in flt.topics:
             await self._ensure_tail(topic)
@@ -184,6 +215,16 @@ class Hub:
         """Return the partition count of each topic of a group."""
         return {topic: self.tails[topic].partitions for topic in group.topics}
 
+    async def resume_positions(self, group: FilterGroup, token: str) -> Positions:
+        """Return the positions a Last-Event-ID resumes from, first looking for new partitions when the
+        token names more than this edge knows (it was issued by an edge that saw the topic grow)."""
+        groups = self.tokens.decode(token, STREAM, group.scope)
+        for topic, offsets in zip(group.topics, groups, strict=False):
+            tail = self.tails[topic]
+            if len(offsets) > tail.partitions:
+                await tail.refresh()
+        return self.decode_token(group, token)
+
     def decode_token(self, group: FilterGroup, token: str) -> Positions:
         """Return the positions a Last-Event-ID resumes from, raising TokenError if it does not fit."""
         groups = self.tokens.decode(token, STREAM, group.scope)
@@ -193,9 +234,13 @@ class Hub:
         for topic, offsets in zip(group.topics, groups, strict=True):
             count = self.tails[topic].partitions
             if len(offsets) > count:
-                raise TokenError(f"token names {len(offsets)} partitions of {topic!r}, which has {count}")
+                # Issued by an edge that already sees more partitions: this one reads them from their
+                # first offset once its metadata has them (maybe again, never fewer).
+                log.warning("A token names %d partitions of %s, which this edge sees %d of yet; the others are "
+                            "read from their first offset once seen.", len(offsets), topic, count)
+                offsets = offsets[:count]
             # Partitions added after the token was issued hold only newer events: read them whole.
-            positions[topic] = offsets + [0] * (count - len(offsets))
+            positions[topic] = offsets + [NEW] * (count - len(offsets))
         return positions
 
     def open(self, group: FilterGroup, conn: Connection, heartbeat_s: float, start: Positions | None) -> Subscriber:
@@ -246,6 +291,8 @@ class Hub:
             frame = with_id(token, body)
             behind = [sub for sub in group.live if not sub.conn.write(frame)]
             self.deliveries += len(group.live) - len(behind)
+            if tail.ingress_ms is not None:  # once per event and group, never per client
+                self.latency.observe(time.time() - tail.ingress_ms / 1000)
             for sub in behind:
                 self._fall_behind(sub, tail.topic, partition, offset)
 
@@ -282,16 +329,26 @@ class Hub:
         if sub.state != CATCHUP:
             return
         assert sub.position is not None
+        self._fit(sub.position)
         if self.at_tail(sub.group, sub.position):
             self._attach(sub)
         elif not self._replay(sub):
             self.catchup.submit(sub)
+
+    def _fit(self, position: Positions) -> None:
+        """Give a position the partitions its topics gained since it was taken (from their first offset)."""
+        for topic, offsets in position.items():
+            tail = self.tails.get(topic)
+            if tail is not None and len(offsets) < tail.partitions:
+                offsets.extend([NEW] * (tail.partitions - len(offsets)))
 
     def _replay(self, sub: Subscriber) -> bool:
         """Serve a client from the tails' replay buffers and join it live; False if they do not reach back."""
         group, start = sub.group, sub.position
         assert start is not None
         tails = self.tails
+        if any(min(start[t], default=0) < 0 for t in group.topics):  # LOST or NEW: catch-up sorts them out
+            return False
         if not all(tails[t].replay.covers(start[t], tails[t].pos) for t in group.topics):
             return False
         before = start
@@ -304,6 +361,10 @@ class Hub:
         self.replays += 1
         self._attach(sub)
         return True
+
+    def delivered(self, count: int) -> None:
+        """Count events that catch-up wrote to clients."""
+        self.deliveries += count
 
     def attach(self, subs: list[Subscriber]) -> None:
         """Join caught-up clients to the live tail (caller checked their position equals the tails')."""
@@ -329,18 +390,42 @@ class Hub:
         async with self._tail_lock:
             tail = self.tails.get(topic)
             if tail is None:
-                partitions = len(await self.topics.partitions(topic))
-                tail = TailReader(self.settings, topic, partitions, self.decoder, self._dispatch)
+                partitions = await self._partition_count(topic)
+                tail = TailReader(self.settings, topic, partitions, self.decoder, self._dispatch,
+                                  partition_count=lambda: self._partition_count(topic),
+                                  on_give_up=lambda exc: self._tail_failed(topic))
                 await tail.start()
                 self.tails[topic] = tail
         return tail
 
+    async def _partition_count(self, topic: str) -> int:
+        return len(await self.topics.partitions(topic))
+
+    def _tail_failed(self, topic: str) -> None:
+        """Close the clients of a tail that cannot recover (they reconnect) and drop it, so a new one starts."""
+        tail = self.tails.get(topic)
+        for sub in [sub for sub in self.subscribers if topic in sub.group.topics]:
+            self.close(sub, FAILED)
+        if tail is not None and self.tails.get(topic) is tail:
+            del self.tails[topic]
+            self._stop_later(tail.stop(), f"stop-tail-{topic}")
+
+    def _sweeper_failed(self, exc: BaseException) -> None:
+        """Close every client (they reconnect) when heartbeats cannot go on; the next stream starts a new sweep."""
+        for sub in list(self.subscribers):
+            self.close(sub, FAILED)
+        self._sweeper = None
+        self._started = False
+
+    def _stop_later(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _stop_idle_tail(self, topic: str) -> None:
         self._idle.pop(topic, None)
         if self._users.get(topic, 0) == 0 and topic in self.tails:
-            task = asyncio.create_task(self.tails.pop(topic).stop(), name=f"stop-tail-{topic}")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._stop_later(self.tails.pop(topic).stop(), f"stop-tail-{topic}")
 
     async def _sweep(self) -> None:
         """Send heartbeats to idle clients and close clients that stayed too slow."""
@@ -368,6 +453,7 @@ class Hub:
             lagging = sub.lagging_since
             if (blocked is not None and now - blocked > slow_s) or (lagging is not None and now - lagging > slow_s):
                 log.info("Closing a client that stayed too slow for %.0fs.", slow_s)
+                self.slow_closed += 1
                 self.close(sub, SLOW)
             elif blocked is None and now - conn.last_write >= sub.heartbeat_s:
                 conn.write(PING)

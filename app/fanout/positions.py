@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 
 from app.fanout.records import Positions
 from streams.errors import BrokerUnavailable, redact
+from streams.kafka import clients
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,7 @@ class OffsetsReader:
         if self._consumer is not None:
             return
         s = self.settings
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=None,
-                                    client_id=f"{s.client_id}-offsets", enable_auto_commit=False,
-                                    request_timeout_ms=s.request_timeout_ms)
+        consumer = clients.reader(s, "offsets")
         try:
             await consumer.start()
         except KafkaError as exc:

@@ -10,15 +10,13 @@ walking this buffer and joins the live tail in the same step. Anything older goe
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from app.fanout.records import Positions, frame_body
+from app.fanout.subscribers import FilterGroup
 from app.fanout.tokens import STREAM, TokenCodec, pack
 from app.sse.framing import with_id
-
-if TYPE_CHECKING:
-    from app.fanout.subscribers import FilterGroup
-    from app.fanout.tail import TailReader
 
 
 class ReplayEntry:
@@ -70,6 +68,25 @@ class ReplayBuffer:
         return newer
 
 
+class ReplaySource(Protocol):
+    """What replay reads of a tail (a `TailReader` is one)."""
+
+    @property
+    def replay(self) -> ReplayBuffer:
+        """Return the tail's window of recent records."""
+        ...
+
+    @property
+    def dispatched(self) -> int:
+        """Return how many records the tail has passed (versions the frames built from its window)."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Return a number no other tail of this process had (a recreated tail counts `dispatched` from 0)."""
+        ...
+
+
 class ReplayFrames:
     """Frames from a start position up to the tails, built once per filter, start and tail state:
     the thousands of clients that resume from one token after a restart share one list."""
@@ -80,10 +97,10 @@ class ReplayFrames:
         self._cache: dict[tuple[Any, ...], list[tuple[bytes, Positions]]] = {}
 
     def build(self, group: FilterGroup, start: Positions,
-              tails: dict[str, TailReader]) -> list[tuple[bytes, Positions]]:
+              tails: Mapping[str, ReplaySource]) -> list[tuple[bytes, Positions]]:
         """Return (frame, position after it) for each matching held record from `start`."""
         key = (group.filter.key, tuple(tuple(start[t]) for t in group.topics),
-               tuple(tails[t].dispatched for t in group.topics))
+               tuple((tails[t].generation, tails[t].dispatched) for t in group.topics))
         frames = self._cache.get(key)
         if frames is not None:
             return frames

@@ -1,15 +1,20 @@
 """One shared reader per topic at the end of the log; every live client of the process hangs off it.
 
 It reads with no consumer group (partitions assigned, no offsets committed) and a short
-`fetch_max_wait_ms`, because aiokafka's default lets the broker hold a fetch for 500 ms.
+`fetch_max_wait_ms`, because aiokafka's default lets the broker hold a fetch for 500 ms. Its loop runs
+supervised (streams/supervise.py): after a failure it restarts from `pos`, the next offset it owes the
+hub, so no record is lost or repeated. Every `stream_metadata_refresh_s`, and at once when asked
+(`refresh`), it looks for partitions added to the topic and reads them from their first offset.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -17,39 +22,49 @@ from aiokafka.errors import KafkaError
 
 from app.fanout.records import RecordDecoder
 from app.fanout.replay import ReplayBuffer, ReplayEntry
-from streams.errors import BrokerUnavailable, redact
+from streams.errors import BrokerUnavailable, StreamError, redact
+from streams.kafka import clients
+from streams.metrics import ingress_time_ms
 from streams.settings import Settings
+from streams.supervise import supervise
 
 log = logging.getLogger(__name__)
 # Called for every record in partition order: (tail, partition, offset, event or None).
 Deliver = Callable[["TailReader", int, int, dict[str, Any] | None], None]
+PartitionCount = Callable[[], Awaitable[int]]  # the topic's partition count, fresh from the brokers
+METADATA_TIMEOUT_S = 10.0
+_generations = itertools.count(1)
 
 
 class TailReader:
     """Read new records of one topic and hand each to `deliver`; `pos` is the next offset per partition."""
 
     def __init__(self, settings: Settings, topic: str, partitions: int, decoder: RecordDecoder,
-                 deliver: Deliver) -> None:
+                 deliver: Deliver, *, partition_count: PartitionCount | None = None,
+                 on_give_up: Callable[[BaseException], None] | None = None) -> None:
         self.settings = settings
         self.topic = topic
         self.partitions = partitions
         self.pos: list[int] = [0] * partitions
-        self.dispatched = 0  # records handed to the hub so far (versions replay frames)
+        self.dispatched = 0  # records handed to the hub so far (versions replay frames, with `generation`)
+        self.generation = next(_generations)  # unique per tail: a tail recreated after idling counts from 0 again
+        self.ingress_ms: int | None = None  # ingress append time (epoch ms) of the record being delivered
+        self.last_record_at: float | None = None  # epoch s of the last record read (the health report's age)
         self.replay = ReplayBuffer(partitions, 0, self.pos)
         self._decoder = decoder
         self._deliver = deliver
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._partition_count = partition_count
+        self._on_give_up = on_give_up
+        self._refresh: asyncio.Future[None] | None = None  # a refresh asked for, resolved once done
 
     async def start(self) -> None:
         """Connect, read the replay window before the end of every partition, and start reading."""
         if self._consumer is not None:
             return
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers, client_id=f"{s.client_id}-tail", group_id=None,
-            enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=s.stream_fetch_max_wait_ms,
-            request_timeout_ms=s.request_timeout_ms)
+        consumer = clients.reader(s, "tail", auto_offset_reset="latest", fetch_max_wait_ms=s.stream_fetch_max_wait_ms)
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         try:
             await consumer.start()
@@ -61,8 +76,12 @@ class TailReader:
             await consumer.stop()
             raise BrokerUnavailable(
                 f"cannot tail {self.topic!r} at {redact(s.kafka_bootstrap_servers)}: {exc}") from exc
+        except BaseException:
+            await consumer.stop()  # never leak a consumer, whatever failed
+            raise
         self._consumer = consumer
-        self._task = asyncio.create_task(self._run(), name=f"tail-{self.topic}")
+        self._task = supervise(f"tail-{self.topic}", self._run, context=f"tailing {self.topic}",
+                               on_give_up=self._on_give_up)
         log.info("Tailing %s from %s.", self.topic, self.pos)
 
     async def _fill_replay(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
@@ -102,10 +121,37 @@ class TailReader:
             await consumer.stop()
             log.info("Stopped tailing %s.", self.topic)
 
+    async def __aenter__(self) -> TailReader:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def refresh(self, timeout: float = METADATA_TIMEOUT_S) -> None:
+        """Look for new partitions now (a token names more than this tail knows); return once done or timed out."""
+        if self._task is None:
+            return
+        if self._refresh is None:
+            self._refresh = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._refresh), timeout)
+
     async def _run(self) -> None:
         assert self._consumer is not None
         consumer, decode, deliver = self._consumer, self._decoder.decode, self._deliver
+        loop = asyncio.get_running_loop()
+        interval = self.settings.stream_metadata_refresh_s
+        next_refresh = loop.time() + interval
+        for p, offset in enumerate(self.pos):  # a restart goes on exactly after the last record delivered
+            consumer.seek(TopicPartition(self.topic, p), offset)
         while True:
+            if self._refresh is not None or loop.time() >= next_refresh:
+                asked, self._refresh = self._refresh, None
+                await self._grow(consumer)
+                next_refresh = loop.time() + interval
+                if asked is not None and not asked.done():
+                    asked.set_result(None)
             try:
                 batch = await consumer.getmany(timeout_ms=1000)
             except KafkaError as exc:
@@ -114,4 +160,31 @@ class TailReader:
                 continue
             for tp, records in batch.items():
                 for record in records:
+                    self.ingress_ms = ingress_time_ms(record.headers)
                     deliver(self, tp.partition, record.offset, await decode(record))
+            if batch:
+                self.last_record_at = time.time()
+
+    async def _grow(self, consumer: AIOKafkaConsumer) -> None:
+        """Start reading partitions added to the topic, from their first offset (clients see them at once)."""
+        if self._partition_count is None:
+            return
+        try:
+            count = await asyncio.wait_for(self._partition_count(), METADATA_TIMEOUT_S)
+            if count <= self.partitions:
+                return
+            new = [TopicPartition(self.topic, p) for p in range(self.partitions, count)]
+            begins = await asyncio.wait_for(consumer.beginning_offsets(new), METADATA_TIMEOUT_S)
+        except (StreamError, KafkaError, TimeoutError) as exc:
+            log.warning("Could not look for new partitions of %s, will retry: %s", self.topic, exc)
+            return
+        first = [begins[tp] for tp in new]
+        tps = [TopicPartition(self.topic, p) for p in range(count)]
+        consumer.assign(tps)  # a new assignment forgets positions: seek every partition to where the tail is
+        for tp, offset in zip(tps, self.pos + first, strict=True):
+            consumer.seek(tp, offset)
+        self.pos.extend(first)  # the same list the hub signs tokens from
+        self.replay.low.extend(first)
+        log.info("Topic %s grew from %d to %d partitions; reading the new ones from %s.", self.topic,
+                 self.partitions, count, first)
+        self.partitions = count

@@ -15,14 +15,23 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from streams.errors import LimitExceeded, StreamError
+
 STREAM = 1   # Last-Event-ID: one offset per partition
 HISTORY = 2  # history cursor: (next offset, end bound) per partition
 MAC_BYTES = 12
 MAX_TOKEN_CHARS = 4096
+# The varint body that fits MAX_TOKEN_CHARS of unpadded base64url, beside the kind byte and the MAC.
+MAX_BODY_BYTES = MAX_TOKEN_CHARS * 6 // 8 - 1 - MAC_BYTES
+OFFSET_BYTES = 9  # the longest varint of a Kafka offset (an int64): tokens are bounded for any offset
+VALUES = {STREAM: 1, HISTORY: 2}  # integers per partition in each kind of token
 
 
-class TokenError(ValueError):
+class TokenError(StreamError, ValueError):
     """A token is malformed, forged, or was issued for another filter or kind."""
+
+    status = 400
+    title = "Invalid token"
 
 
 def _varint(value: int, out: bytearray) -> None:
@@ -45,6 +54,35 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return result, pos
         shift += 7
+
+
+def varint_size(value: int) -> int:
+    """Return how many bytes `value` takes as a varint."""
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def worst_case_bytes(kind: int, partitions: Sequence[int]) -> int:
+    """Return the largest body a token of `kind` can have for topics of these partition counts."""
+    per = VALUES[kind]
+    return sum(varint_size(n * per) + n * per * OFFSET_BYTES for n in partitions)
+
+
+def max_partitions(kind: int) -> int:
+    """Return how many partitions of one topic a token of `kind` can always hold."""
+    n = 0
+    while worst_case_bytes(kind, [n + 1]) <= MAX_BODY_BYTES:
+        n += 1
+    return n
+
+
+def check_room(kind: int, layout: dict[str, int]) -> None:
+    """Refuse (400, naming the limit) a filter whose partitions would not fit a token of `kind` at every offset."""
+    if worst_case_bytes(kind, list(layout.values())) <= MAX_BODY_BYTES:
+        return
+    what = "resume token (Last-Event-ID)" if kind == STREAM else "history cursor"
+    raise LimitExceeded(f"the filter covers {sum(layout.values())} partitions in {len(layout)} topics; a {what} "
+                        f"holds at most {max_partitions(kind)} partitions of one topic (tokens are limited to "
+                        f"{MAX_TOKEN_CHARS} characters): name fewer or smaller topics", field="filter")
 
 
 def pack(groups: Sequence[Sequence[int]]) -> bytes:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.durable.registry import Connections, ConnectionSpec
+from app.auth import CurrentPrincipal, Principal, check_topics
+from app.durable.registry import ConnectionNotFound, Connections, ConnectionSpec
 from app.durable.stream import DurableStreamResponse, start_positions
 from app.fanout.filters import CompiledFilter
-from app.routes.stream import choose_encoding, over_capacity
+from app.fanout.response import choose_encoding
+from app.fanout.tokens import STREAM, check_room
+from app.routes.limits import Limits
+from app.routes.stream import check_time, over_capacity
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
 
@@ -21,10 +26,20 @@ async def _connections(request: Request) -> Connections:
     return services.connections
 
 
+def _owned(connections: Connections, conn_id: str, principal: Principal) -> None:
+    """Answer 404 for a connection the principal did not create (admins reach all): existence is not leaked."""
+    if not principal.is_admin and connections.get(conn_id).get("owner") != principal.sub:
+        raise ConnectionNotFound(f"connection {conn_id!r} does not exist (deleted, expired or never created)")
+
+
 @router.post("", status_code=201, summary="Create a durable connection (a consumer group of its own)")
-async def create_connection(spec: ConnectionSpec, request: Request) -> JSONResponse:
+async def create_connection(spec: ConnectionSpec, request: Request, principal: CurrentPrincipal) -> JSONResponse:
     """Fix the start position in Kafka and return the id, its stream URL and the options in force."""
-    definition = await (await _connections(request)).create(spec)
+    settings = request.app.state.services.settings
+    if isinstance(spec.start, datetime):
+        spec.start = check_time(spec.start, "start")
+    check_topics(principal, "subscribe", CompiledFilter(spec.filter, [settings.default_topic]).topics, settings)
+    definition = await (await _connections(request)).create(spec, owner=principal.sub)
     stream_url = str(request.url_for("stream_connection", conn_id=definition["id"]))
     body = {"id": definition["id"], "stream_url": stream_url, "filter": definition["filter"],
             "options": definition["options"], "start": definition["start"], "created_at": definition["created_at"]}
@@ -32,22 +47,27 @@ async def create_connection(spec: ConnectionSpec, request: Request) -> JSONRespo
 
 
 @router.get("", summary="Active and idle connections with their status")
-async def list_connections(request: Request) -> dict[str, Any]:
-    """Return every durable connection known to the cluster."""
-    items = (await _connections(request)).list()
+async def list_connections(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+    """Return the principal's own durable connections (an admin's list has every one of the cluster)."""
+    items = [item for item in (await _connections(request)).list()
+             if principal.is_admin or item["owner"] == principal.sub]
     return {"connections": items, "count": len(items)}
 
 
 @router.get("/{conn_id}/status", summary="Status, delivery counters and per-partition lag")
-async def connection_status(conn_id: str, request: Request) -> dict[str, Any]:
+async def connection_status(conn_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     """Return the connection's status; lag is high watermark minus committed offset per partition."""
-    return await (await _connections(request)).status(conn_id)
+    connections = await _connections(request)
+    _owned(connections, conn_id, principal)
+    return await connections.status(conn_id)
 
 
 @router.delete("/{conn_id}", status_code=204, summary="Close the stream, delete the group and the definition")
-async def delete_connection(conn_id: str, request: Request) -> Response:
-    """Delete a durable connection (404 if unknown)."""
-    await (await _connections(request)).delete(conn_id)
+async def delete_connection(conn_id: str, request: Request, principal: CurrentPrincipal) -> Response:
+    """Delete a durable connection (404 if unknown or someone else's)."""
+    connections = await _connections(request)
+    _owned(connections, conn_id, principal)
+    await connections.delete(conn_id)
     return Response(status_code=204)
 
 
@@ -58,23 +78,36 @@ async def delete_connection(conn_id: str, request: Request) -> Response:
 async def stream_connection(
     conn_id: str,
     request: Request,
-    last_event_id: str | None = Query(None, alias="lastEventId", description="Resume token (if newer)."),
+    limits: Limits,
+    principal: CurrentPrincipal,
+    last_event_id: str | None = Query(None, alias="lastEventId", description="Resume token: the last event processed."),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
     accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
 ) -> Response:
-    """Resume from the committed offsets (or a newer Last-Event-ID); a second stream takes over."""
+    """Resume from the client's Last-Event-ID, else the committed offsets; a second stream takes over."""
     connections = await _connections(request)
     settings = request.app.state.services.settings
+    _owned(connections, conn_id, principal)
     flt = CompiledFilter(connections.filter_of(conn_id), [settings.default_topic])
+    check_topics(principal, "subscribe", flt.topics, settings)  # the token's scope now, not the creator's then
     options = connections.options_of(conn_id)
     hub = request.app.state.hub
     if (refusal := over_capacity(hub)) is not None:
         return refusal
-    group = await hub.prepare(flt)
+    slot = await limits.open_stream()
     try:
+        group = await hub.prepare(flt)
+    except BaseException:
+        slot.release()
+        raise
+    try:
+        check_room(STREAM, hub.layout(group))  # else commits would stop at the first token past the limit
         start = await start_positions(hub, group, connections, conn_id, last_event_id_header or last_event_id)
     except BaseException:
         hub.release(group)
+        slot.release()
         raise
     encoding = choose_encoding(options.compression, accept_encoding)
-    return DurableStreamResponse(hub, group, start, connections, conn_id, options, encoding)
+    response = DurableStreamResponse(hub, group, start, connections, conn_id, options, encoding)
+    response.expires_at = principal.expires_at  # `token-expiring`, then the end at `exp`
+    return slot.hold(response)

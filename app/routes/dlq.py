@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
+from app.auth import AdminOnly
 from app.problems import Problem
 from streams.dlq.letters import DeadLetter
 from streams.dlq.store import DeadLetterStore
@@ -19,18 +18,7 @@ Stage = Literal["decode", "validate", "route", "produce", "process"]
 PositionText = Annotated[str, StringConstraints(pattern=r"^\d{1,9}/\d{1,19}$")]
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Give the edge one DLQ store (its producer connects on first replay) and close it on shutdown."""
-    services = app.state.services
-    app.state.dead_letters = store = DeadLetterStore(services.settings, services.producer.codec)
-    try:
-        yield
-    finally:
-        await store.stop()
-
-
-router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"], lifespan=lifespan)
+router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"], dependencies=[AdminOnly])  # admin only
 
 
 class ReplayRequest(BaseModel):
@@ -48,9 +36,10 @@ class ReplayRequest(BaseModel):
 
 
 async def _store(request: Request) -> DeadLetterStore:
+    """Return the edge's DLQ store once Kafka is connected (the lifespan owns it)."""
     services = request.app.state.services
     await services.wait_ready(services.settings.ready_timeout_s)
-    return request.app.state.dead_letters
+    return services.dead_letters
 
 
 async def _describe(request: Request, entry: DeadLetter, ledger: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,9 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from app.auth import CurrentPrincipal, check_topics
 from app.problems import Problem
+from app.routes.limits import Limits
 from streams.envelope import Event, parse_event
 from streams.errors import PayloadTooLarge, ValidationFailed
 from streams.kafka.topics import TOPIC_NAME
@@ -54,15 +56,20 @@ ONE_EVENT_BODY = {"requestBody": {"required": True, "content": {"application/jso
 
 @router.post("", status_code=202, summary="Publish one event", openapi_extra=ONE_EVENT_BODY,
              responses={202: {"description": "Stored in the ingress topic at this position"}})
-async def publish_event(request: Request, topic: str | None = TOPIC_QUERY) -> JSONResponse:
+async def publish_event(request: Request, limits: Limits, principal: CurrentPrincipal,
+                        topic: str | None = TOPIC_QUERY) -> JSONResponse:
     """Validate one CloudEvents-style event and append it to the ingress topic."""
     services = request.app.state.services
     headers = destination_headers(topic)
+    # The requested topic (or the default one) needs a publish scope; routing rules are not checked.
+    check_topics(principal, "publish", [topic or services.settings.default_topic], services.settings)
     raw = await read_json(request, services.settings.max_event_bytes)
     if not isinstance(raw, dict):
         raise ValidationFailed("body must be a JSON object (one event)")
+    event = parse_event(raw)
+    await limits.publish(1)  # before any write: a refused publish wrote nothing
     await services.wait_ready(services.settings.ready_timeout_s)
-    position = await services.producer.publish(parse_event(raw), services.settings.ingress_topic, headers)
+    position = await services.producer.publish(event, services.settings.ingress_topic, headers)
     return JSONResponse(position.as_dict(), status_code=202)
 
 
@@ -70,11 +77,13 @@ async def publish_event(request: Request, topic: str | None = TOPIC_QUERY) -> JS
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "required": ["events"],
                  "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}}}}}})
-async def publish_batch(request: Request, topic: str | None = TOPIC_QUERY) -> JSONResponse:
+async def publish_batch(request: Request, limits: Limits, principal: CurrentPrincipal,
+                        topic: str | None = TOPIC_QUERY) -> JSONResponse:
     """Validate every event, then append them all to the ingress topic; list each event's position."""
     services = request.app.state.services
     settings = services.settings
     headers = destination_headers(topic)
+    check_topics(principal, "publish", [topic or settings.default_topic], settings)  # the whole batch, or none
     raw = await read_json(request, settings.max_batch_bytes)
     events = raw.get("events") if isinstance(raw, dict) else raw
     if not isinstance(events, list):
@@ -83,6 +92,7 @@ async def publish_batch(request: Request, topic: str | None = TOPIC_QUERY) -> JS
         raise ValidationFailed("events must contain at least one event", field="events")
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(f"batch has {len(events)} events; the limit is {settings.max_batch_events}")
+    await limits.publish(len(events))  # counted in events, before any write: a refused batch wrote nothing
     await services.wait_ready(settings.ready_timeout_s)
     positions = await services.producer.publish_batch(events, settings.ingress_topic, headers)
     return JSONResponse({"count": len(positions), "events": [p.as_dict() for p in positions]}, status_code=202)

@@ -7,8 +7,9 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.problems import problem_response
+from app.problems import RETRY_HEADERS, problem_response
 from streams.errors import StreamError
+from streams.supervise import given_up
 
 router = APIRouter(tags=["health"])
 
@@ -26,13 +27,16 @@ async def readyz(request: Request) -> JSONResponse:
     timeout = services.settings.ready_timeout_s
     hub = getattr(request.app.state, "hub", None)
     if hub is not None and hub.closing:  # draining: load balancers stop sending new streams first
-        return problem_response(503, "Not ready", "the edge is shutting down", headers={"Retry-After": "5"})
+        return problem_response(503, "Not ready", "the edge is shutting down", headers=RETRY_HEADERS)
     if not services.ready.is_set():
         return problem_response(503, "Not ready", services.last_error or "connecting to Kafka",
-                                headers={"Retry-After": "5"})
+                                headers=RETRY_HEADERS)
+    if failed := given_up():  # a background task that could not recover (streams/supervise.py)
+        return problem_response(503, "Not ready", "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())),
+                                headers=RETRY_HEADERS)
     try:
         topics = await asyncio.wait_for(services.topics.list(), timeout)
     except (TimeoutError, StreamError, OSError) as exc:
         reason = f"Kafka did not answer within {timeout}s" if isinstance(exc, TimeoutError) else str(exc)
-        return problem_response(503, "Not ready", reason, headers={"Retry-After": "5"})
+        return problem_response(503, "Not ready", reason, headers=RETRY_HEADERS)
     return JSONResponse({"status": "ready", "topics": len(topics)})

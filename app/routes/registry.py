@@ -1,28 +1,24 @@
 """The Confluent Schema Registry REST API (the commonly used, Avro-only subset) over SchemaRegistry.
 
 Mounted by the edge under /api/v1/registry, so Confluent clients use that URL as `url`.
-Errors are answered here, not by the app's handlers, so the router works in any FastAPI app:
-the body is problem+json and carries Confluent's `error_code` and `message` as well.
+Errors are answered by the app's one handler (`app.problems.install`): on these routes the
+problem+json body carries Confluent's `error_code` and `message` as well.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
-from streams.errors import BrokerUnavailable, InvalidSchema, SchemaNotFound, StreamError, ValidationFailed
+from app.auth import AdminOnly
+from streams.errors import BrokerUnavailable, InvalidSchema, SchemaNotFound, ValidationFailed
 from streams.schema.registry import SchemaRegistry
 
-log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
-PROBLEM_TYPE = "application/problem+json"
-RETRY_AFTER_S = 5
 T = TypeVar("T")
 
 
@@ -32,39 +28,17 @@ class RegistryJSON(JSONResponse):
     media_type = CONTENT_TYPE
 
 
-def error_response(status: int, title: str, detail: str, error_code: int,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    """Build an error body that is both problem+json and Confluent's {error_code, message}."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail,
-            "error_code": error_code, "message": detail}
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
-
-
-def stream_error_response(exc: StreamError) -> JSONResponse:
-    """Translate the streams error tree; retriable errors carry Retry-After."""
-    if exc.status >= 500:
-        log.warning("Registry request failed: %s: %s", exc.title, exc)
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.retriable else None
-    return error_response(exc.status, exc.title, str(exc), getattr(exc, "error_code", exc.status), headers)
-
-
 class RegistryRoute(APIRoute):
-    """A route that answers StreamError and request validation errors itself."""
+    """A route whose error bodies carry Confluent's `error_code` and `message` (see app.problems)."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
+    confluent_errors = True
 
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except StreamError as exc:
-                return stream_error_response(exc)
-            except RequestValidationError as exc:
-                err = exc.errors()[0]
-                where = ".".join(str(p) for p in err["loc"])
-                return error_response(422, "Invalid request", f"{where}: {err['msg']}", 422)
 
-        return route
+class NoAssociations(SchemaNotFound):
+    """The registry keeps no resource associations (clients then fall back to subject names)."""
+
+    title = "No associations"
+    error_code = 40401
 
 
 router = APIRouter(route_class=RegistryRoute, default_response_class=RegistryJSON)
@@ -178,7 +152,7 @@ async def versions(request: Request, subject: str) -> list[int]:
     return await _fresh(registry, lambda: registry.versions(subject))
 
 
-@router.post("/subjects/{subject:path}/versions")
+@router.post("/subjects/{subject:path}/versions", dependencies=[AdminOnly])  # writes are admin only
 async def register(request: Request, subject: str, normalize: bool = False) -> dict[str, int]:
     """Register a schema under a subject; the same schema gets back its existing id."""
     schema = await _schema_body(request)
@@ -195,7 +169,7 @@ async def lookup(
     return await _fresh(registry, lambda: registry.lookup(subject, schema))
 
 
-@router.delete("/subjects/{subject:path}")
+@router.delete("/subjects/{subject:path}", dependencies=[AdminOnly])
 async def delete_subject(request: Request, subject: str, permanent: bool = False) -> list[int]:
     """Soft-delete a subject and return the versions deleted."""
     if permanent:
@@ -247,7 +221,7 @@ async def get_global_config(request: Request) -> dict[str, str]:
     return {"compatibilityLevel": _registry(request).get_config()}
 
 
-@router.put("/config")
+@router.put("/config", dependencies=[AdminOnly])
 async def set_global_config(request: Request) -> dict[str, str]:
     """Set the global compatibility level."""
     level = await _level_body(request)
@@ -264,7 +238,7 @@ async def get_subject_config(
     return {"compatibilityLevel": level}
 
 
-@router.put("/config/{subject:path}")
+@router.put("/config/{subject:path}", dependencies=[AdminOnly])
 async def set_subject_config(request: Request, subject: str) -> dict[str, str]:
     """Set a subject's compatibility level."""
     level = await _level_body(request)
@@ -275,8 +249,7 @@ async def set_subject_config(request: Request, subject: str) -> dict[str, str]:
 
 
 @router.get("/associations/resources/{namespace}/{resource:path}")
-async def associations(namespace: str, resource: str) -> JSONResponse:
+async def associations(namespace: str, resource: str) -> None:
     """Answer 404: no associations are kept, so clients fall back to `<topic>-value` subjects."""
-    return error_response(404, "No associations",
-                          f"no associations are kept for {resource!r}; use the subject name strategy", 40401)
+    raise NoAssociations(f"no associations are kept for {resource!r}; use the subject name strategy")
 

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from app.auth import AdminOnly
 from streams.worker.routing import load_rules
 
-router = APIRouter(prefix="/api/v1/routes", tags=["routing"])
+router = APIRouter(prefix="/api/v1/routes", tags=["routing"], dependencies=[AdminOnly])  # admin only
 
 
 @router.get("", summary="List the routing rules")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.auth import check_topics
+from app.auth.guard import current_principal
 from app.fanout.filters import CompiledFilter, FilterError, parse_filter
 from app.fanout.history import MAX_LIMIT
-from app.fanout.hub import FilterGroup, Hub
+from app.fanout.hub import Hub
 from app.fanout.records import Positions
-from app.fanout.tokens import TokenError
+from app.fanout.response import EventStreamResponse, choose_encoding
+from app.fanout.tokens import STREAM, TokenError, check_room
 from app.problems import Problem, problem_response
-from app.sse.framing import format_retry
-from app.sse.writer import Connection, Encoder, Encoding
+from app.routes.limits import Limits
 
 router = APIRouter(prefix="/api/v1/events", tags=["stream"])
 RETRY_AFTER_S = "5"
@@ -23,40 +26,6 @@ RETRY_AFTER_S = "5"
 FILTER_DOC = ('JSON EventFilter: {"topics": [...], "types": ["workflow.*"], "sources": [...], "subjects": [...], '
               '"tags": [...], "where": {"status": ["failed", "error"]}}. Every given field must match; '
               '`topics` defaults to the service default topic.')
-
-
-class EventStreamResponse(Response):
-    """The SSE body as a bare ASGI callable: the hub writes frames; this coroutine only waits for
-    the client to leave (no per-connection sender or heartbeat task, see PERFORMANCE.md)."""
-
-    def __init__(self, hub: Hub, group: FilterGroup, start: Positions | None, heartbeat_s: float,
-                 encoding: Encoding | None) -> None:
-        self.hub, self.group, self.start, self.heartbeat_s, self.encoding = hub, group, start, heartbeat_s, encoding
-        self.status_code = 200
-        self.background = None
-        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                   (b"x-accel-buffering", b"no")]
-        if encoding:
-            headers += [(b"content-encoding", encoding.encode()), (b"vary", b"accept-encoding")]
-        self.raw_headers = headers
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        settings = self.hub.settings
-        sub = None
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            encoder = Encoder(self.encoding) if self.encoding else None
-            conn = Connection(send, settings.stream_buffer_max_size, encoder)
-            conn.write(format_retry(settings.stream_retry_ms))
-            sub = self.hub.open(self.group, conn, self.heartbeat_s, self.start)
-            while (await receive())["type"] != "http.disconnect":
-                pass
-        finally:
-            if sub is None:
-                self.hub.release(self.group)
-            else:
-                self.hub.remove(sub)
-                sub.conn.abort()
 
 
 def over_capacity(hub: Hub) -> Response | None:
@@ -69,30 +38,6 @@ def over_capacity(hub: Hub) -> Response | None:
                             headers={"Retry-After": RETRY_AFTER_S})
 
 
-def choose_encoding(compression: bool, accept: str | None) -> Encoding | None:
-    """Pick br over gzip from Accept-Encoding when compression is asked for (gzip if none is sent)."""
-    if not compression:
-        return None
-    if accept is None:
-        return "gzip"
-    offered: dict[str, float] = {}
-    for item in accept.split(","):
-        name, _, params = item.strip().partition(";")
-        q = 1.0
-        if params.strip().startswith("q="):
-            try:
-                q = float(params.strip()[2:])
-            except ValueError:
-                q = 0.0
-        offered[name.strip().lower()] = q
-    for name in ("br", "gzip"):
-        if offered.get(name, offered.get("*", 0.0)) > 0:
-            return name  # type: ignore[return-value]
-    if offered.get("x-gzip", 0.0) > 0:
-        return "gzip"
-    return None
-
-
 def parse_since(value: str | None) -> datetime | None:
     """Parse an ISO-8601 time (UTC when no offset is given), raising a 400 problem."""
     if value is None:
@@ -102,10 +47,24 @@ def parse_since(value: str | None) -> datetime | None:
     except ValueError:
         raise Problem(400, "Invalid since", f"since must be an ISO-8601 time such as 2026-01-31T12:00:00Z, "
                                             f"got {value!r}", field="since") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    return check_time(when, "since")
 
 
-_compiled: dict[tuple[str, str], CompiledFilter] = {}
+def check_time(when: datetime, field: str) -> datetime:
+    """Return `when` (UTC when naive) if Kafka can look it up, else raise a 400 problem naming `field`."""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    try:
+        ms = int(when.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        ms = -1
+    if ms < 0:
+        raise Problem(400, f"Invalid {field}", f"{field} must be 1970-01-01T00:00:00Z or later (Kafka record times "
+                                               f"start there), got {when.isoformat()}", field=field)
+    return when
+
+
+FILTER_CACHE_SIZE = 1024
+_compiled: OrderedDict[tuple[str, str], CompiledFilter] = OrderedDict()  # an LRU, most recent last
 
 
 async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, CompiledFilter]:
@@ -122,9 +81,13 @@ async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, Compil
             spec = parse_filter(raw)
         except FilterError as exc:
             raise Problem(400, "Invalid filter", str(exc), field="filter") from None
-        if len(_compiled) >= 1024:
-            _compiled.clear()
         flt = _compiled[key] = CompiledFilter(spec, [services.settings.default_topic])
+        if len(_compiled) > FILTER_CACHE_SIZE:
+            _compiled.popitem(last=False)
+    else:
+        _compiled.move_to_end(key)
+    # Every topic of the filter needs a subscribe scope (403 naming it); internal topics need admin.
+    check_topics(current_principal(request), "subscribe", flt.topics, services.settings)
     return request.app.state.hub, flt
 
 
@@ -135,9 +98,12 @@ async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, Compil
                                             "(its type), `data:` (CloudEvents JSON with topic, partition, "
                                             "offset); `: ping` comments when idle."},
                        400: {"description": "Invalid filter, since or Last-Event-ID"},
-                       404: {"description": "Unknown topic"}, 503: {"description": "Stream limit reached"}})
+                       404: {"description": "Unknown topic"},
+                       429: {"description": "Stream-open rate or open-stream cap of the principal reached"},
+                       503: {"description": "Stream or filter-group limit reached"}})
 async def stream_events(
     request: Request,
+    limits: Limits,
     filter: str | None = Query(None, description=FILTER_DOC),
     heartbeat: float | None = Query(None, gt=0, le=3600, description="Seconds between `: ping` comments "
                                                                      "when idle (default 15)."),
@@ -154,22 +120,32 @@ async def stream_events(
         return refusal
     when = parse_since(since)
     token = last_event_id_header or last_event_id
-    group = await hub.prepare(flt)
+    slot = await limits.open_stream()
     try:
+        group = await hub.prepare(flt)
+    except BaseException:
+        slot.release()
+        raise
+    try:
+        check_room(STREAM, hub.layout(group))
         start: Positions | None = None
         if token:
-            start = hub.decode_token(group, token)
+            start = await hub.resume_positions(group, token)
         elif when is not None:
             start = await hub.offsets.at_time(hub.layout(group), int(when.timestamp() * 1000))
     except TokenError as exc:
         hub.release(group)
+        slot.release()
         raise Problem(400, "Invalid Last-Event-ID", f"cannot resume from this token: {exc}",
                       field="Last-Event-ID") from None
     except BaseException:
         hub.release(group)
+        slot.release()
         raise
     heartbeat_s = heartbeat or hub.settings.stream_heartbeat_s
-    return EventStreamResponse(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
+    response = EventStreamResponse(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
+    response.expires_at = current_principal(request).expires_at  # `token-expiring`, then the end at `exp`
+    return slot.hold(response)
 
 
 @router.get("/history", summary="Read matching events from Kafka, page by page")

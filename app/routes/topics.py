@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from streams.kafka.topics import TopicSpec
+from app.auth import AdminOnly
+from streams.kafka.topics import TopicSpec, check_request
 
 router = APIRouter(prefix="/api/v1/topics", tags=["topics"])
 
@@ -26,9 +27,11 @@ async def list_topics(request: Request) -> dict[str, Any]:
     return {"topics": [{"name": n, "internal": settings.is_internal(n)} for n in names]}
 
 
-@router.post("", status_code=201, summary="Create a topic")
+@router.post("", status_code=201, summary="Create a topic (admin)", dependencies=[AdminOnly])
 async def create_topic(spec: TopicSpec, request: Request) -> dict[str, Any]:
-    """Create a topic (409 if it exists, 422 if Kafka refuses its config); return its description."""
+    """Create a topic (409 if it exists, 422 if Kafka refuses its config, 400 past the partition cap or for a
+    config key outside the allowed list); return its description."""
+    check_request(spec, request.app.state.services.settings)
     return await (await _manager(request)).create(spec)
 
 
@@ -38,7 +41,8 @@ async def describe_topic(name: str, request: Request) -> dict[str, Any]:
     return await (await _manager(request)).describe(name)
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a topic (internal topics: 403)")
+@router.delete("/{name}", status_code=204, summary="Delete a topic (admin; internal topics: 403)",
+               dependencies=[AdminOnly])
 async def delete_topic(name: str, request: Request) -> Response:
     """Delete a topic; the registry, ingress, DLQ and changelog topics are refused."""
     await (await _manager(request)).delete(name)

@@ -22,16 +22,13 @@ def _one_line(value: str) -> str:
     return value.translate(_STRIP)
 
 
-def format_event(data: str, *, id: str | None = None, event: str | None = None,
-                 retry: int | None = None) -> bytes:
-    """Return one SSE event: `id`, `event`, `retry` and one `data:` line per line of `data`."""
+def format_event(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
+    """Return one SSE event: `id`, `event` and one `data:` line per line of `data`."""
     parts: list[str] = []
     if id is not None:
         parts.append(f"id: {_one_line(id)}\n")
     if event is not None:
         parts.append(f"event: {_one_line(event)}\n")
-    if retry is not None:
-        parts.append(f"retry: {int(retry)}\n")
     parts.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
     parts.append("\n")
     return "".join(parts).encode()

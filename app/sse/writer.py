@@ -10,7 +10,8 @@ Under uvicorn, when every layer between the route and the server passes `send` s
 (Starlette's and FastAPI's middleware do), body frames skip that chain: they are written to the
 server's transport with HTTP/1.1 chunk framing, exactly as uvicorn's own `send` would, while the
 response start, the end and every write made while the client is slow still go through `send`.
-That halves the edge's CPU per delivery at 10,000 clients (bench/sse_load.py).
+That halves the edge's CPU per delivery at 10,000 clients (bench/sse_load.py). `direct_path` alone
+decides whether that applies, and says why not; otherwise every frame goes through plain ASGI `send`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import brotli
 
 log = logging.getLogger(__name__)
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+# ASGI `send`; `write()` drives the coroutine it returns by hand, so it must be a coroutine function.
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 Encoding = Literal["br", "gzip"]
 
 
@@ -71,48 +73,76 @@ async def _resume(coro: Any, waiting: Any) -> None:
             return
 
 
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # queued bytes per client when the caller names no bound
 CLOSE_GRACE_S = 10.0  # how long a closed but blocked client may take to read its last bytes
+MAX_WRAPPERS = 16  # layers of middleware `direct_path` looks through
 _CYCLE_ATTRS = ("transport", "flow", "disconnected", "chunked_encoding", "response_complete")
+_reported: set[str] = set()  # reasons for the plain path already logged by this process
 
 
-def server_cycle(send: Send) -> Any | None:
-    """Return uvicorn's response cycle behind `send` when only pass-through closures wrap it, else None.
+def direct_path(send: Send, *, enabled: bool = True) -> tuple[Any | None, str]:
+    """Return (uvicorn's response cycle, "") when body frames may go straight to its transport, else
+    (None, why not); call it after the response start, which decides the chunked framing.
 
-    Each wrapper must be a closure over a variable named `send` (Starlette's error and exception
-    middleware, FastAPI's route wrapper); anything else (a compressing or recording middleware, another
-    server) keeps the plain ASGI path.
+    Each layer between the route and the server must be a closure over a variable named `send` that
+    passes it through (Starlette's error and exception middleware, FastAPI's route wrapper): the
+    direct write skips those layers, so anything that acts on the body (a compressing or recording
+    middleware) or another server keeps the plain ASGI path.
     """
+    if not enabled:
+        return None, "direct writes are turned off (stream_direct_writes)"
     fn: Any = send
-    for _ in range(16):
+    for _ in range(MAX_WRAPPERS):
         owner = getattr(fn, "__self__", None)
         if owner is not None:
-            ok = all(hasattr(owner, name) for name in _CYCLE_ATTRS) and owner.chunked_encoding is True
-            return owner if ok else None
+            missing = [name for name in _CYCLE_ATTRS if not hasattr(owner, name)]
+            if missing:
+                return None, f"{type(owner).__qualname__} is not uvicorn's httptools response cycle (no {missing[0]})"
+            if owner.chunked_encoding is not True:
+                return None, "the response is not sent with chunked encoding"
+            return owner, ""
         code = getattr(fn, "__code__", None)
-        if code is None or "send" not in code.co_freevars or fn.__closure__ is None:
-            return None
+        if code is None:
+            return None, f"send is a {type(fn).__qualname__}, neither a bound method nor a function"
+        if "send" not in code.co_freevars or fn.__closure__ is None:
+            return None, f"{fn.__qualname__} wraps send without being a pass-through closure over `send`"
         fn = fn.__closure__[code.co_freevars.index("send")].cell_contents
-    return None
+    return None, f"more than {MAX_WRAPPERS} layers wrap send"
+
+
+def _report_plain_path(reason: str) -> None:
+    """Log once per reason why streams use plain ASGI `send` (later ones at debug)."""
+    if reason in _reported:
+        log.debug("An SSE stream writes through ASGI send: %s.", reason)
+        return
+    _reported.add(reason)
+    log.info("SSE streams write through ASGI send instead of the server's transport: %s.", reason)
 
 
 class Connection:
     """The write side of one SSE response, with a bounded queue used only while the client is slow."""
 
-    __slots__ = ("_send", "_cycle", "_encoder", "buffer", "max_buffer", "blocked_since", "last_write", "closed",
-                 "_ending", "_flusher", "on_drain")
+    __slots__ = ("_send", "_cycle", "_encoder", "buffer", "max_buffer", "max_bytes", "buffered_bytes",
+                 "blocked_since", "last_write", "closed", "_ending", "_flusher", "on_drain", "on_flushed")
 
-    def __init__(self, send: Send, max_buffer: int, encoder: Encoder | None = None, *, direct: bool = True) -> None:
+    def __init__(self, send: Send, max_buffer: int, encoder: Encoder | None = None, *, direct: bool = True,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self._send = send
-        self._cycle = server_cycle(send) if direct else None
+        self._cycle, reason = direct_path(send, enabled=direct)
+        if self._cycle is None:
+            _report_plain_path(reason)
         self._encoder = encoder
         self.buffer: deque[bytes] = deque()
         self.max_buffer = max_buffer
+        self.max_bytes = max_bytes  # queued bytes allowed beside the frame count (ES_STREAM_BUFFER_MAX_BYTES)
+        self.buffered_bytes = 0  # running total of `buffer`, so the bound costs no scan per write
         self.blocked_since: float | None = None  # monotonic time the transport stopped taking bytes
         self.last_write = time.monotonic()
         self.closed = False
         self._ending: bytes | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self.on_drain: Callable[[], None] | None = None
+        self.on_drain: Callable[[], None] | None = None  # called once the queue drained (not after close)
+        self.on_flushed: Callable[[], None] | None = None  # called after a flush in which no send failed
 
     @property
     def direct(self) -> bool:
@@ -129,9 +159,10 @@ class Connection:
         if self.closed:
             return True
         if self.blocked_since is not None:
-            if len(self.buffer) >= self.max_buffer:
+            if len(self.buffer) >= self.max_buffer or self.buffered_bytes + len(data) > self.max_bytes:
                 return False
             self.buffer.append(data)
+            self.buffered_bytes += len(data)
             return True
         cycle = self._cycle
         if cycle is not None:
@@ -141,6 +172,7 @@ class Connection:
             if cycle.flow.write_paused:  # the client stopped reading: queue, and let `send` wait for it
                 self.blocked_since = time.monotonic()
                 self.buffer.append(data)
+                self.buffered_bytes += len(data)
                 self._flusher = asyncio.ensure_future(self._flush(None, None))
                 return True
             body = self._encoder.encode(data) if self._encoder else data
@@ -184,12 +216,14 @@ class Connection:
         self._flusher = asyncio.ensure_future(self._flush(coro, waiting))
 
     async def _flush(self, coro: Any, waiting: Any) -> None:
+        failed = False
         try:
             if coro is not None:
                 await _resume(coro, waiting)
             while self.buffer:
                 data = b"".join(self.buffer)
                 self.buffer.clear()
+                self.buffered_bytes = 0
                 await self._send({"type": "http.response.body", "more_body": True,
                                   "body": self._encoder.encode(data) if self._encoder else data})
             if self._ending is not None:
@@ -203,10 +237,13 @@ class Connection:
         except Exception as exc:
             log.warning("Flushing an SSE client failed: %r", exc)
             self.closed = True
+            failed = True
         finally:
             self.blocked_since = None
             self.last_write = time.monotonic()
             self._flusher = None
+        if self.on_flushed is not None and not failed:
+            self.on_flushed()
         if self.on_drain is not None and not self.closed:
             callback, self.on_drain = self.on_drain, None
             callback()
@@ -215,5 +252,6 @@ class Connection:
         """Stop a pending flush (the client is gone or the process is stopping)."""
         self.closed = True
         self.buffer.clear()
+        self.buffered_bytes = 0
         if self._flusher is not None:
             self._flusher.cancel()

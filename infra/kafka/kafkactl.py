@@ -9,6 +9,12 @@ Standard library only, so it runs before the project's virtualenv exists.
     kafkactl.py kill N                kill -9 node N (1-3) of the cluster, for fault tests
     kafkactl.py start-node N          start one cluster node again after a kill
     kafkactl.py wait HOST:PORT        wait until a broker answers a metadata request
+    kafkactl.py secure-up scram|tls   a single node whose client listener needs SCRAM-SHA-256 (users made at
+                                      format time) or TLS (CA and server key from ES_KAFKA_TLS_DIR)
+    kafkactl.py secure-down scram|tls stop it
+
+Secure nodes take ES_KAFKA_PORT (default 9692 for scram, 9792 for tls) and ES_KAFKA_DATA like the single
+node; their users and passwords come from ES_KAFKA_SCRAM_USERS ("name:password,name:password").
 
 Data lives under infra/kafka/.data (git-ignored) and survives restarts.
 """
@@ -144,6 +150,19 @@ def wait_ready(host: str, port: int, *, expect_brokers: int = 1, proc: subproces
     fail(f"broker at {host}:{port} did not answer within {timeout:.0f}s ({last_err})", log_file)
 
 
+def wait_started(log_file: Path, proc: subprocess.Popen, timeout: float = START_TIMEOUT_S) -> None:
+    """Wait for the broker's "Kafka Server started" line (KafkaRaftServer), exiting with the log tail on failure."""
+    deadline, offset = time.monotonic() + timeout, log_file.stat().st_size if log_file.exists() else 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            fail(f"broker process exited with code {proc.returncode} during start-up", log_file)
+        if log_file.exists() and b"Kafka Server started" in log_file.read_bytes()[offset:]:
+            log("Kafka Server started.")
+            return
+        time.sleep(0.3)
+    fail(f"no 'Kafka Server started' line within {timeout:.0f}s", log_file)
+
+
 def fail(reason: str, log_file: Path | None) -> None:
     """Print why a start failed and the tail of the broker log, then exit 1."""
     print(f"[kafka] Start failed: {reason}.", file=sys.stderr)
@@ -215,7 +234,8 @@ def write_config(node: dict, base: Path, node_dir: Path, extra: dict[str, str]) 
 
 
 def start_node(node: dict, base: Path, cid: str, *, extra: dict[str, str] | None = None,
-               wait: bool = True, expect_brokers: int = 1) -> subprocess.Popen | None:
+               wait: bool = True, expect_brokers: int = 1, format_args: list[str] | None = None,
+               started_line: bool = False) -> subprocess.Popen | None:
     """Format (first time only) and start one combined node in the background."""
     node_dir = DATA / node["name"]
     if node_pid(node_dir):
@@ -229,7 +249,7 @@ def start_node(node: dict, base: Path, cid: str, *, extra: dict[str, str] | None
     if not (node_dir / "data" / "meta.properties").exists():
         log(f"Formatting KRaft storage for {node['name']} (cluster id {cid}).")
         subprocess.run(
-            java_cmd("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(cfg), "-g",
+            java_cmd("kafka.tools.StorageTool", "format", "-t", cid, "-c", str(cfg), "-g", *(format_args or []),
                      logs_dir=node_dir / "logs"),
             check=True, stdout=subprocess.DEVNULL,
         )
@@ -241,7 +261,9 @@ def start_node(node: dict, base: Path, cid: str, *, extra: dict[str, str] | None
     )
     (node_dir / "broker.pid").write_text(f"{proc.pid}\n")
     log(f"Started {node['name']} (pid {proc.pid}), data in {node_dir / 'data'}, log {log_file}.")
-    if wait:
+    if started_line:  # a SASL or TLS listener does not answer the plaintext metadata probe
+        wait_started(log_file, proc)
+    elif wait:
         wait_ready("127.0.0.1", node["port"], expect_brokers=expect_brokers, proc=proc, log_file=log_file)
     return proc
 
@@ -279,6 +301,64 @@ def status(nodes: list[dict]) -> int:
     return rc
 
 
+# --------------------------------------------------------------------------- secured single nodes
+
+
+def scram_users() -> list[tuple[str, str]]:
+    """Return the SCRAM users (name, password) of ES_KAFKA_SCRAM_USERS, the first being the broker's own."""
+    raw = os.environ.get("ES_KAFKA_SCRAM_USERS", "admin:admin-secret")
+    users = [tuple(item.split(":", 1)) for item in raw.split(",") if ":" in item]
+    if not users:
+        sys.exit("kafka: ES_KAFKA_SCRAM_USERS must list name:password pairs")
+    return users  # type: ignore[return-value]
+
+
+def secure_node(mode: str) -> dict:
+    """Return the node of a secured mode: its own name (data dir), port and controller port."""
+    port = int(os.environ.get("ES_KAFKA_PORT", {"scram": "9692", "tls": "9792"}[mode]))
+    return {"name": mode, "port": port, "controller": port + 1, "node_id": 1}
+
+
+def secure_config(mode: str, node: dict) -> tuple[dict[str, str], list[str]]:
+    """Return the broker keys and the storage-format arguments of a SCRAM or TLS client listener."""
+    port, name = node["port"], ("SASL_PLAINTEXT" if mode == "scram" else "SSL")
+    props = {
+        "controller.quorum.voters": f"1@127.0.0.1:{node['controller']}",
+        "listeners": f"{name}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{node['controller']}",
+        "advertised.listeners": f"{name}://127.0.0.1:{port}",
+        "listener.security.protocol.map": f"{name}:{name},CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": name,
+    }
+    if mode == "scram":
+        users = scram_users()
+        broker_user, broker_password = users[0]
+        props.update({
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-256",
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{broker_user}" password="{broker_password}";',
+        })
+        scram = [arg for user, password in users
+                 for arg in ("--add-scram", f"SCRAM-SHA-256=[name={user},password={password}]")]
+        return props, scram
+    tls = Path(os.environ.get("ES_KAFKA_TLS_DIR", DATA / "tls-certs"))
+    needed = [tls / "ca.pem", tls / "server.pem"]
+    if missing := [str(p) for p in needed if not p.exists()]:
+        sys.exit(f"kafka: the TLS mode needs {', '.join(missing)} (a CA, and the server's PKCS#8 key followed "
+                 "by its certificate chain; server.key-password beside them if the key is encrypted)")
+    if (tls / "server.key-password").exists():
+        props["ssl.key.password"] = (tls / "server.key-password").read_text().strip()
+    props.update({
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(tls / "server.pem"),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(tls / "ca.pem"),
+        "ssl.client.auth": os.environ.get("ES_KAFKA_TLS_CLIENT_AUTH", "none"),
+    })
+    return props, []
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -286,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch the sub-commands listed in the module docstring."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["fetch", "up", "down", "status", "cluster-up", "cluster-down",
-                                       "cluster-status", "kill", "start-node", "wait"])
+                                       "cluster-status", "kill", "start-node", "wait", "secure-up", "secure-down"])
     p.add_argument("arg", nargs="?")
     args = p.parse_args(argv)
     single_base, cluster_base = HERE / "single.properties", HERE / "cluster.properties"
@@ -321,6 +401,16 @@ def main(argv: list[str] | None = None) -> int:
             start_node(node, cluster_base, cluster_id(DATA / "cluster-id"), wait=False)
             wait_ready("127.0.0.1", node["port"], expect_brokers=1,
                        log_file=DATA / node["name"] / "logs" / "server.log")
+    elif args.command in ("secure-up", "secure-down"):
+        if args.arg not in ("scram", "tls"):
+            p.error(f"{args.command} needs a mode, scram or tls, got {args.arg!r}")
+        node = secure_node(args.arg)
+        if args.command == "secure-down":
+            stop_node(node)
+        else:
+            props, format_args = secure_config(args.arg, node)
+            start_node(node, single_base, cluster_id(DATA / node["name"] / "cluster-id"), extra=props,
+                       wait=False, format_args=format_args, started_line=True)
     elif args.command == "wait":
         host, _, port = (args.arg or "127.0.0.1:9092").rpartition(":")
         wait_ready(host or "127.0.0.1", int(port))

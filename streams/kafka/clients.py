@@ -1,33 +1,87 @@
-"""Open and close aiokafka clients the same way everywhere: settings applied, library errors
-turned into BrokerUnavailable (retriable) with the broker list redacted, closing never raising."""
+"""Build, open and close every Kafka client the same way: the one place that calls the aiokafka
+constructors, so connection settings (bootstrap, client id, request timeout, SASL and TLS)
+are applied everywhere; library errors on start become BrokerUnavailable (retriable) with the
+broker list redacted; closing never raises."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import ssl
+from typing import Any, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
 
 from streams.errors import BrokerUnavailable, redact
 from streams.settings import Settings
 
-Client = AIOKafkaAdminClient | AIOKafkaConsumer | AIOKafkaProducer
+Client: TypeAlias = AIOKafkaAdminClient | AIOKafkaConsumer | AIOKafkaProducer
 
 
-def admin(settings: Settings, name: str) -> AIOKafkaAdminClient:
-    """Return an (unstarted) admin client named `<client_id>-<name>`."""
-    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers,
-                               client_id=f"{settings.client_id}-{name}",
-                               request_timeout_ms=settings.request_timeout_ms)
+def client_id(settings: Settings, purpose: str) -> str:
+    """Return `<client_id>-<purpose>`, so broker logs and quotas tell the clients of one process apart."""
+    return f"{settings.client_id}-{purpose}"
 
 
-def reader(settings: Settings, name: str, **options: Any) -> AIOKafkaConsumer:
-    """Return an (unstarted) consumer without a group: offsets lookups and manual assignment."""
-    return AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=None,
-                            enable_auto_commit=False, client_id=f"{settings.client_id}-{name}",
-                            request_timeout_ms=settings.request_timeout_ms, **options)
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Return the TLS context of every client: the CA file (or the system trust store) and, for mutual TLS,
+    the client certificate and key; an unreadable file raises ValueError naming the setting, not its content."""
+    try:
+        context = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None)
+        if settings.kafka_ssl_cafile is None:
+            context.load_default_certs()  # managed clusters present publicly trusted certificates
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"KAFKA_SSL_CAFILE/CERTFILE/KEYFILE cannot be loaded: {exc}") from None
+    return context
+
+
+def security(settings: Settings) -> dict[str, Any]:
+    """Return the aiokafka security options (protocol, SASL, TLS) from Settings; the password stays a
+    SecretStr until this call and is never logged."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl_context(settings)
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        options.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=settings.kafka_sasl_username,
+                       sasl_plain_password=password.get_secret_value() if password is not None else None)
+    return options
+
+
+def _connection(settings: Settings, purpose: str) -> dict[str, Any]:
+    """Return the keyword arguments every aiokafka client takes from Settings: bootstrap, id, timeout, security."""
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": client_id(settings, purpose),
+        "request_timeout_ms": settings.request_timeout_ms,
+        **security(settings),
+    }
+
+
+def consumer(settings: Settings, purpose: str, *, group_id: str | None = None, **options: Any) -> AIOKafkaConsumer:
+    """Return an (unstarted) consumer; `options` are the caller's fetch and offset choices."""
+    return AIOKafkaConsumer(**_connection(settings, purpose), group_id=group_id, **options)
+
+
+def reader(settings: Settings, purpose: str, **options: Any) -> AIOKafkaConsumer:
+    """Return an (unstarted) consumer without a group or commits: offsets lookups and manual assignment."""
+    return consumer(settings, purpose, enable_auto_commit=False, **options)
+
+
+def producer(settings: Settings, purpose: str, **options: Any) -> AIOKafkaProducer:
+    """Return an (unstarted) producer; `options` are the caller's acks, batching and size choices."""
+    return AIOKafkaProducer(**_connection(settings, purpose), **options)
+
+
+def admin(settings: Settings, purpose: str) -> AIOKafkaAdminClient:
+    """Return an (unstarted) admin client."""
+    return AIOKafkaAdminClient(**_connection(settings, purpose))
 
 
 async def start_all(settings: Settings, *clients: Client) -> None:

@@ -138,11 +138,3 @@ class GroupOffsets(clients.AdminSession):
         if code == NON_EMPTY_GROUP:
             raise StreamError(f"group {group!r} still has live members and cannot be deleted")
         raise StreamError(f"deleting group {group!r} failed: {for_code(code).__name__}")
-
-    async def exists(self, group: str) -> bool:
-        """Tell whether Kafka knows the group (it has committed offsets or members)."""
-        try:
-            groups = await self._client().list_consumer_groups()
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"listing groups failed: {exc}") from exc
-        return any(g[0] == group for g in groups)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from aiokafka.partitioner import murmur2
 
 from streams.envelope import Event, parse_event
 from streams.errors import BrokerUnavailable, PayloadTooLarge, StreamError, TopicNotFound, redact
+from streams.kafka import clients
 from streams.schema.codec import AvroCodec
 from streams.schema.registry import SchemaRegistry
 from streams.settings import Compression, Settings, get_settings
@@ -62,11 +64,8 @@ class EventProducer:
         self._schema_ids: dict[str, int] = {}
         self._known_topics: set[str] = set()
         self._headers = [(k, v.encode()) for k, v in (headers or {}).items()]
-
-    @property
-    def started(self) -> bool:
-        """Tell whether the producer is connected."""
-        return self._producer is not None
+        # Unacknowledged sends per topic -> when they were enqueued (insertion order: the first is the oldest).
+        self._unacked: dict[str, dict[asyncio.Future[Any], float]] = {}
 
     async def start(self) -> None:
         """Connect to Kafka (and the registry topic), raising BrokerUnavailable if Kafka does not answer."""
@@ -74,14 +73,12 @@ class EventProducer:
             return
         if self._owns_registry:
             await self.registry.start()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            client_id=f"{self.settings.client_id}-producer",
+        producer = clients.producer(
+            self.settings, "producer",
             acks="all",
             enable_idempotence=True,
             compression_type=None if self.compression == "none" else self.compression,
             linger_ms=self.linger_ms,
-            request_timeout_ms=self.settings.request_timeout_ms,
             max_request_size=max(1_048_576, self.settings.max_event_bytes + 4096),
         )
         try:
@@ -167,29 +164,78 @@ class EventProducer:
 
     async def _send_prepared(self, topic: str, prepared: list[tuple[Event, bytes]],
                              headers: Sequence[tuple[str, bytes]]) -> list[Position]:
-        """Enqueue in input order (so per-subject order holds), then wait for every acknowledgement."""
+        """Enqueue in input order (so per-subject order holds), then wait for every acknowledgement.
+
+        The wait is bounded by `publish_timeout_s`: past it the caller gets BrokerUnavailable (503), and
+        while an earlier send to the topic is still unacknowledged past that bound, new sends are refused
+        at once. A timed-out send stays queued in the idempotent producer, so it may still be written.
+        """
         producer = self._require()
+        timeout = self.settings.publish_timeout_s
+        self._refuse_if_overdue(topic, timeout)
         hdrs = (self._headers + list(headers)) or None
         pending: list[tuple[str, asyncio.Future[Any]]] = []
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            count = 0
-            for event, value in prepared:
-                key = event.subject.encode() if event.subject is not None else None
-                partition = None
-                if key is None:  # placed by id: copies of one event meet in one partition (worker dedup)
-                    count = count or len(await producer.partitions_for(topic))
-                    partition = id_partition(event.id, count)
-                pending.append((event.id, await producer.send(topic, value, key=key, partition=partition,
-                                                              headers=hdrs)))
-            results = await asyncio.gather(*(fut for _, fut in pending), return_exceptions=True)
+            async with asyncio.timeout_at(deadline):  # enqueueing waits for metadata or buffer space
+                count = 0
+                for event, value in prepared:
+                    key = event.subject.encode() if event.subject is not None else None
+                    partition = None
+                    if key is None:  # placed by id: copies of one event meet in one partition (worker dedup)
+                        count = count or len(await producer.partitions_for(topic))
+                        partition = id_partition(event.id, count)
+                    fut = await producer.send(topic, value, key=key, partition=partition, headers=hdrs)
+                    self._track(topic, fut)
+                    pending.append((event.id, fut))
         except KafkaError as exc:
             raise BrokerUnavailable(f"Kafka did not accept the events for {topic!r}: {exc}") from exc
+        except TimeoutError:
+            raise self._timed_out(topic, timeout, prepared, enqueued=len(pending)) from None
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        _, late = await asyncio.wait([fut for _, fut in pending], timeout=remaining)  # never cancels a send
+        if late:
+            raise self._timed_out(topic, timeout, prepared, enqueued=len(pending))
         positions = []
-        for (event_id, _), meta in zip(pending, results, strict=True):
-            if isinstance(meta, BaseException):
-                raise BrokerUnavailable(f"Kafka did not acknowledge event {event_id!r}: {meta!r}") from meta
+        for event_id, fut in pending:
+            if (failure := fut.exception()) is not None:
+                raise BrokerUnavailable(f"Kafka did not acknowledge event {event_id!r}: {failure!r}") from failure
+            meta = fut.result()
             positions.append(Position(meta.topic, meta.partition, meta.offset, event_id))
         return positions
+
+    def _track(self, topic: str, fut: asyncio.Future[Any]) -> None:
+        """Remember an unacknowledged send until Kafka answers it (success or failure)."""
+        waiting = self._unacked.setdefault(topic, {})
+        waiting[fut] = time.monotonic()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            waiting.pop(f, None)
+            if not f.cancelled():
+                f.exception()  # retrieved: a send nobody waits for any more must not log "never retrieved"
+
+        fut.add_done_callback(done)
+
+    def _refuse_if_overdue(self, topic: str, timeout: float) -> None:
+        """Fail fast while Kafka leaves an earlier send to `topic` unacknowledged past the timeout."""
+        waiting = self._unacked.get(topic)
+        if waiting:
+            oldest = next(iter(waiting.values()))
+            overdue = time.monotonic() - oldest
+            if overdue > timeout:
+                raise BrokerUnavailable(
+                    f"Kafka has not acknowledged events for {topic!r} for {overdue:.0f}s; nothing was written, "
+                    f"retry later")
+
+    def _timed_out(self, topic: str, timeout: float, prepared: list[tuple[Event, bytes]], *,
+                   enqueued: int) -> BrokerUnavailable:
+        """Build the error of a publish Kafka did not acknowledge in time, naming the ids to retry with."""
+        log.warning("Kafka did not acknowledge %d event(s) for %s within %.1fs.", enqueued, topic, timeout)
+        error = BrokerUnavailable(
+            f"Kafka did not acknowledge the event(s) for {topic!r} within {timeout:g}s (ES_PUBLISH_TIMEOUT_S); "
+            f"they may have been written: retry with the same id (the routing worker drops copies by id)")
+        error.extra = {"ids": [event.id for event, _ in prepared]}  # app/problems.py adds them to the body
+        return error
 
     def _require(self) -> AIOKafkaProducer:
         if self._producer is None:

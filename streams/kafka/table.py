@@ -1,5 +1,8 @@
 """A small replicated table on a compacted Kafka topic: every process tails it, so all of them see
-the same keys, and the topic (not any one process) is the source of truth across restarts."""
+the same keys, and the topic (not any one process) is the source of truth across restarts.
+
+The reader runs supervised (streams/supervise.py) and goes on from the next offset it has not applied;
+every Kafka error or timeout reaches callers as BrokerUnavailable, which they retry."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from streams.errors import BrokerUnavailable, redact
 from streams.kafka import clients
 from streams.kafka.topics import TopicManager
 from streams.settings import Settings
+from streams.supervise import supervise
 
 log = logging.getLogger(__name__)
 Listener = Callable[[str, dict[str, Any] | None], None]
@@ -46,10 +50,8 @@ class CompactedTable:
             async with TopicManager(s) as topics:
                 await topics.ensure(self.topic, partitions=1, cleanup_policy="compact", retention_ms=-1,
                                     replication_factor=min(s.default_replication_factor, await _brokers(topics)))
-            self._producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, acks="all",
-                                              enable_idempotence=True, linger_ms=0)
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, enable_auto_commit=False,
-                                              fetch_max_wait_ms=50)
+            self._producer = clients.producer(s, "table", acks="all", enable_idempotence=True, linger_ms=0)
+            self._consumer = clients.reader(s, "table", fetch_max_wait_ms=50)
             await self._producer.start()
             await self._consumer.start()
             self._consumer.assign([self._tp])
@@ -57,8 +59,12 @@ class CompactedTable:
         except KafkaError as exc:
             await self.stop()
             raise BrokerUnavailable(f"table {self.topic}: Kafka at {redact(s.kafka_bootstrap_servers)}: {exc}") from exc
-        self._reader = asyncio.create_task(self._read_loop(), name=f"table-{self.topic}")
-        await self.catch_up()
+        self._reader = supervise(f"table-{self.topic}", self._read_loop, context=f"reading table {self.topic}")
+        try:
+            await self.catch_up()
+        except BaseException:
+            await self.stop()  # nothing half-started is left behind: the caller retries start()
+            raise
 
     async def stop(self) -> None:
         """Stop tailing and disconnect; calling it twice is harmless."""
@@ -76,6 +82,7 @@ class CompactedTable:
 
     async def _read_loop(self) -> None:
         assert self._consumer is not None
+        self._consumer.seek(self._tp, self._applied)  # after a failure, go on from the first record not applied
         while True:
             try:
                 batch = await self._consumer.getmany(self._tp, timeout_ms=500)
@@ -104,16 +111,26 @@ class CompactedTable:
         else:
             self._data[key] = value
         for listener in self._listeners:
-            listener(key, value)
+            try:
+                listener(key, value)
+            except Exception:  # one listener's bug must not stop the table for everyone
+                log.exception("A listener of table %s failed on key %r; going on.", self.topic, key)
 
     async def _wait_applied(self, offset: int, timeout: float = 15.0) -> None:
-        async with self._progress:
-            await asyncio.wait_for(self._progress.wait_for(lambda: self._applied > offset), timeout)
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self._applied > offset), timeout)
+        except TimeoutError:
+            raise BrokerUnavailable(f"table {self.topic}: offset {offset} was not read back within {timeout:.0f}s "
+                                    f"(applied up to {self._applied})") from None
 
     async def catch_up(self) -> None:
         """Wait until everything written to the topic before this call has been applied here."""
         assert self._consumer is not None, "start() first"
-        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+        try:
+            end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"table {self.topic}: reading its end failed: {exc}") from exc
         if end > 0:
             await self._wait_applied(end - 1)
 

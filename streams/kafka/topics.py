@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field
 from streams.errors import (
     BrokerUnavailable,
     InvalidTopicConfig,
+    LimitExceeded,
     StreamError,
     TopicExists,
     TopicNotFound,
@@ -41,6 +43,20 @@ class TopicSpec(BaseModel):
     compression_type: Literal["producer", "uncompressed", "snappy", "lz4", "zstd", "gzip"] | None = None
     cleanup_policy: Literal["delete", "compact", "compact,delete"] | None = None
     config: dict[str, str] = Field(default_factory=dict, description="Any other Kafka topic config.")
+
+
+def check_request(spec: TopicSpec, settings: Settings) -> None:
+    """Refuse (400, naming the limit) a create request over HTTP past the partition cap or with a config
+    key outside the allowed list; the service's own topics are not held to these."""
+    partitions = spec.partitions or settings.default_partitions
+    if partitions > settings.topic_max_partitions:
+        raise LimitExceeded(f"a topic may have at most {settings.topic_max_partitions} partitions "
+                            f"(ES_TOPIC_MAX_PARTITIONS), got {partitions}", field="partitions")
+    allowed = settings.allowed_topic_configs
+    refused = sorted(set(spec.config) - allowed)
+    if refused:
+        raise LimitExceeded(f"topic config {', '.join(refused)} cannot be set over HTTP; allowed keys "
+                            f"(ES_TOPIC_ALLOWED_CONFIGS): {', '.join(sorted(allowed))}", field="config")
 
 
 class TopicManager(clients.AdminSession):
@@ -119,11 +135,7 @@ class TopicManager(clients.AdminSession):
         except KafkaError as exc:
             raise BrokerUnavailable(f"describing the cluster failed: {exc}") from exc
 
-    async def exists(self, name: str) -> bool:
-        """Tell whether a topic exists."""
-        return name in await self.list()
-
-    async def partitions(self, name: str) -> list[int]:
+    async def partitions(self, name: str) -> builtins.list[int]:
         """Return the partition numbers of a topic, raising TopicNotFound."""
         meta = await self._metadata(name)
         return sorted(p["partition"] for p in meta["partitions"])

@@ -38,6 +38,7 @@ class AvroCodec:
     def __init__(self, schema_text: str, source: SchemaSource | None = None) -> None:
         self.schema_text = schema_text
         self.schema = fastavro.parse_schema(orjson.loads(schema_text))
+        self.schema_name: str | None = self.schema.get("name") if isinstance(self.schema, dict) else None
         self.schema_id: int | None = None
         self._source = source
         self._writers: dict[int, Any] = {}
@@ -62,7 +63,7 @@ class AvroCodec:
         try:
             fastavro.schemaless_writer(buf, self.schema, record)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise CodecError(f"record does not match schema {self.schema.get('name')}: {exc}") from exc
+            raise CodecError(f"record does not match schema {self.schema_name}: {exc}") from exc
         return buf.getvalue()
 
     @staticmethod

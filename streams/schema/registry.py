@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
 from streams.errors import (
@@ -152,15 +152,10 @@ class SchemaRegistry:
         log.info("Starting schema registry on topic %s at %s.", self._topic, redact(servers))
         try:
             await self._ensure_topic()
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=servers, client_id=f"{self.settings.client_id}-registry", acks="all",
-                enable_idempotence=True, request_timeout_ms=self.settings.request_timeout_ms,
-            )
+            self._producer = clients.producer(self.settings, "registry", acks="all", enable_idempotence=True)
             await self._producer.start()
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=servers, client_id=f"{self.settings.client_id}-registry", group_id=None,
-                enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200,
-            )
+            self._consumer = clients.reader(self.settings, "registry", auto_offset_reset="earliest",
+                                            fetch_max_wait_ms=200)
             await self._consumer.start()
             self._consumer.assign([self._tp])
             await self._consumer.seek_to_beginning(self._tp)
@@ -200,10 +195,7 @@ class SchemaRegistry:
         await self.stop()
 
     async def _ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            request_timeout_ms=self.settings.request_timeout_ms,
-        )
+        admin = clients.admin(self.settings, "registry-admin")
         await admin.start()
         try:
             brokers = len((await admin.describe_cluster())["brokers"])

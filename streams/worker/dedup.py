@@ -1,4 +1,4 @@
-"""Deduplication on event id: the ids seen within a window, kept in a Faust table (memory store).
+"""Deduplication on event id: the ids seen within a window, kept in memory and in a compacted changelog.
 
 Table key: the event id (UTF-8), plus NUL and the DLQ position for a record replayed from the DLQ
 (so a replay is not taken for a copy of the event it failed as). Table value: 28 bytes, the event's
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable
 from enum import Enum
 from typing import NamedTuple
 
@@ -52,18 +52,35 @@ def dedup_key(event_id: str, replay_of: bytes | None = None) -> bytes:
 
 
 class DedupIndex:
-    """Window checks over a table store, with per-partition arrival order for expiry."""
+    """Window checks over one dict per ingress partition, with arrival order for expiry.
 
-    def __init__(self, store: MutableMapping[bytes, bytes], window_ms: int, max_ids: int) -> None:
-        self.store, self.window_ms, self.max_ids = store, window_ms, max_ids
+    The state of a partition is what its changelog partition says (streams/worker/recovery.py replays it
+    with `apply` when the partition is assigned, then `rebuild` orders it); one dict per partition keeps
+    the same id under two subjects apart and makes giving a partition away one `drop`.
+    """
+
+    def __init__(self, window_ms: int, max_ids: int) -> None:
+        self.window_ms, self.max_ids = window_ms, max_ids
+        self._stores: dict[int, dict[bytes, bytes]] = {}
         # partition -> (expiry basis ms, key, offset), in the order the ids were remembered
         self._order: dict[int, deque[tuple[int, bytes, int]]] = {}
         self.expired = 0
         self.evicted = 0
 
+    def store(self, partition: int) -> dict[bytes, bytes]:
+        """Return the ids held for a partition (key -> table value)."""
+        store = self._stores.get(partition)
+        if store is None:
+            store = self._stores[partition] = {}
+        return store
+
+    def held(self) -> set[int]:
+        """Return the partitions that have state here."""
+        return set(self._stores)
+
     def check(self, key: bytes, ts_ms: int, partition: int, offset: int) -> tuple[Verdict, Seen | None]:
         """Classify a record by what the table holds for its key."""
-        raw = self.store.get(key)
+        raw = self.store(partition).get(key)
         if raw is None:
             return Verdict.NEW, None
         seen = Seen._make(ENTRY.unpack(raw))
@@ -76,7 +93,7 @@ class DedupIndex:
     def remember(self, key: bytes, ts_ms: int, partition: int, offset: int, now_ms: int) -> bytes:
         """Store a record's id and return the table value (the caller writes it to the changelog)."""
         value = ENTRY.pack(ts_ms, now_ms, partition, offset)
-        self.store[key] = value
+        self.store(partition)[key] = value
         order = self._order.get(partition)
         if order is None:
             order = self._order[partition] = deque()
@@ -85,9 +102,10 @@ class DedupIndex:
 
     def forget(self, key: bytes, partition: int, offset: int) -> bool:
         """Drop a key if it still names this origin; tell whether it did (then write a tombstone)."""
-        raw = self.store.get(key)
+        store = self.store(partition)
+        raw = store.get(key)
         if raw is not None and ENTRY.unpack(raw)[2:] == (partition, offset):
-            del self.store[key]
+            del store[key]
             return True
         return False
 
@@ -107,28 +125,33 @@ class DedupIndex:
                         self.evicted += 1
         return dropped
 
-    def rebuild(self, partitions: Iterable[int]) -> int:
-        """Rebuild the expiry order after table recovery; drop keys of partitions not owned here."""
-        owned = set(partitions)
-        rows: dict[int, list[tuple[int, int, bytes]]] = {}
-        stale = []
-        for key, raw in self.store.items():
-            seen = Seen._make(ENTRY.unpack(raw))
-            if seen.partition in owned:
-                rows.setdefault(seen.partition, []).append((seen.offset, max(seen.ts_ms, seen.processed_ms), key))
-            else:
-                stale.append(key)
-        for key in stale:
-            del self.store[key]
-        self._order = {p: deque((basis, key, off) for off, basis, key in sorted(r)) for p, r in rows.items()}
-        return sum(len(r) for r in rows.values())
+    def apply(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Apply one changelog record (a tombstone deletes); call `rebuild` when the replay is done."""
+        store = self.store(partition)
+        if value is None:
+            store.pop(key, None)
+        elif len(value) == ENTRY.size:
+            store[key] = value
+
+    def rebuild(self, partition: int) -> int:
+        """Order a partition's ids for expiry after a changelog replay; return how many it holds."""
+        rows = sorted((seen.offset, max(seen.ts_ms, seen.processed_ms), key)
+                      for key, seen in ((k, Seen._make(ENTRY.unpack(v))) for k, v in self.store(partition).items()))
+        self._order[partition] = deque((basis, key, offset) for offset, basis, key in rows)
+        return len(rows)
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition this worker no longer owns."""
+        self._stores.pop(partition, None)
+        self._order.pop(partition, None)
 
     def last(self, partition: int) -> Seen | None:
         """Return the entry of the highest ingress offset held for a partition (after `rebuild`)."""
+        store = self.store(partition)
         for _, key, offset in reversed(self._order.get(partition, ())):
-            raw = self.store.get(key)
+            raw = store.get(key)
             if raw is not None:
                 seen = Seen._make(ENTRY.unpack(raw))
-                if (seen.partition, seen.offset) == (partition, offset):
+                if seen.offset == offset:
                     return seen
         return None

@@ -1,4 +1,11 @@
-"""After a crash or a takeover: which destinations already hold a copy of a record read again.
+"""After a crash or a takeover: the dedup state of the partitions taken over (`ChangelogReplay`), and
+which destinations already hold a copy of a record read again (`OriginScan`).
+
+The dedup changelog `{app id}-dedup-changelog` is partitioned like the ingress topic (entry of ingress
+partition p in changelog partition p), compacted and deleted after twice the window. On assignment the
+worker reads each new partition's changelog from its start, and for a partition it kept, only what was
+appended since its last read (another owner may have written in between).
+
 
 A worker killed after sending a record's outputs but before its offset was committed leaves records
 that the next owner reads again; some of their outputs landed, some may not have. For those records
@@ -19,7 +26,9 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafka import clients
 from streams.settings import Settings
+from streams.worker.dedup import DedupIndex
 
 log = logging.getLogger(__name__)
 ORIGIN = "es-origin"
@@ -65,6 +74,7 @@ class OriginScan:
 
     async def _read(self, topic: str, start_ms: int, end_ms: int | None = None) -> set[bytes]:
         consumer = await self._client()
+        consumer.assign([TopicPartition(topic, 0)])  # metadata covers assigned topics only: add this one
         await consumer._client.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -108,10 +118,69 @@ class OriginScan:
 
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                        client_id=f"{self.settings.client_id}-worker-scan",
-                                        enable_auto_commit=False, group_id=None,
-                                        request_timeout_ms=self.settings.request_timeout_ms)
+            consumer = clients.reader(self.settings, "worker-scan")
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+
+class ChangelogReplay:
+    """Brings the dedup index of assigned ingress partitions up to date from their changelog partitions."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings, self.topic = settings, topic
+        self._consumer: AIOKafkaConsumer | None = None
+        self.read_to: dict[int, int] = {}  # partition -> changelog offset the index reflects (exclusive)
+
+    async def stop(self) -> None:
+        """Close the consumer; calling it twice is harmless."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def replay(self, partitions: Iterable[int], dedup: DedupIndex) -> int:
+        """Read each partition's changelog from where the index stands to its end; return records applied."""
+        consumer = await self._client()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        todo = {}
+        for tp in tps:
+            start = max(self.read_to.get(tp.partition, 0), starts[tp])
+            if tp.partition not in self.read_to:
+                dedup.drop(tp.partition)  # not ours since the last replay: start from nothing
+            if start < ends[tp]:
+                consumer.seek(tp, start)
+                todo[tp] = ends[tp]
+            self.read_to[tp.partition] = ends[tp]
+        applied = 0
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=20_000)
+            for tp, records in batch.items():
+                end = todo.get(tp, -1)
+                for rec in records:
+                    if rec.offset < end and rec.key is not None:
+                        dedup.apply(tp.partition, rec.key, rec.value)
+                        applied += 1
+            for tp in list(todo):
+                if await consumer.position(tp) >= todo[tp]:
+                    del todo[tp]
+        for tp in tps:
+            dedup.rebuild(tp.partition)
+        return applied
+
+    def forget(self, partitions: Iterable[int], dedup: DedupIndex) -> None:
+        """Drop the state of partitions this worker no longer owns."""
+        for partition in partitions:
+            self.read_to.pop(partition, None)
+            dedup.drop(partition)
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = clients.reader(self.settings, "worker-restore", max_partition_fetch_bytes=8 * 1024 * 1024)
             await consumer.start()
             self._consumer = consumer
         return self._consumer

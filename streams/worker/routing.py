@@ -9,11 +9,17 @@ Format (version 1; JSON is accepted too, as the same structure)::
           type: "ci.build.*"         # glob, or a list of globs of which one must match
           source: "/ci/*"
           subject: "repo-*"          # never matches an event without subject
-          tags: [nightly]            # the event carries all of these tags
-          data: {status: failed, build.branch: main}   # equality on fields of JSON data (dotted paths)
+          tags: [nightly, weekly]    # the event carries any of these tags
+          tags_all: [ci, release]    # the event carries all of these tags
+          data: {status: failed, build.branch: main, attempt: [2, 3]}  # fields of JSON data (dotted paths):
+                                     # equality with a scalar, membership in a list of scalars
         to: [builds, alerts]         # one topic or a list
         override: true               # drop the topic the publisher asked for (header es-destination)
         final: true                  # later rules are not looked at when this one matches
+
+Globs, tags and `data` follow `streams.matching`, the rules stream filters use too: `*` any run of
+characters, `?` one character, everything else literal (`[abc]` is three characters, not a class as
+fnmatch had it); `tags` = any of (before the shared matcher it meant all of: that is now `tags_all`).
 
 Every matching rule adds its topics. The publisher's topic is added too, unless a matching rule says
 `override`. An event that nothing routes goes to `settings.default_topic`.
@@ -21,10 +27,7 @@ Every matching rule adds its topics. The publisher's topic is added too, unless 
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +38,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from streams.envelope import is_json_type
 from streams.errors import RoutingRulesInvalid
 from streams.kafka.topics import TOPIC_NAME
+from streams.matching import EventMatcher, check_where
 from streams.settings import Settings
 
 VERSIONS = (1,)
 TOP_KEYS = ("version", "rules")
 RULE_KEYS = ("name", "match", "to", "override", "final")
-MATCH_KEYS = ("type", "source", "subject", "tags", "data")
+MATCH_KEYS = ("type", "source", "subject", "tags", "tags_all", "data")
 Route = list[tuple[str, str]]  # (topic, why): a rule name, "requested" or "default"
 _UNSET = object()
-
-
-def _globs(patterns: Iterable[str]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Compare JSON values without Python's True == 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return bool(a == b)
 
 
 class _Data:
@@ -64,50 +57,33 @@ class _Data:
     def __init__(self, record: dict[str, Any]) -> None:
         self._record, self._value = record, _UNSET
 
-    def get(self, path: tuple[str, ...]) -> Any:
+    def value(self) -> Any:
+        """Return the parsed data, or None when it is not JSON (so that no `data` condition holds)."""
         if self._value is _UNSET:
             raw, ctype = self._record.get("data"), self._record.get("datacontenttype") or ""
             try:
                 self._value = orjson.loads(raw) if isinstance(raw, str) and is_json_type(ctype) else None
             except orjson.JSONDecodeError:
                 self._value = None
-        value = self._value
-        for part in path:
-            if not isinstance(value, dict) or part not in value:
-                return _UNSET
-            value = value[part]
-        return value
+        return self._value
 
 
 class Rule:
     """One routing rule, compiled once."""
 
-    __slots__ = ("name", "to", "match", "line", "override", "final", "_type", "_source", "_subject",
-                 "_tags", "_data")
+    __slots__ = ("name", "to", "match", "line", "override", "final", "_matcher")
 
     def __init__(self, name: str, to: tuple[str, ...], match: dict[str, Any], line: int = 0,
                  override: bool = False, final: bool = False) -> None:
         self.name, self.to, self.match, self.line = name, to, match, line
         self.override, self.final = override, final
-        self._type = _globs(match["type"]) if "type" in match else None
-        self._source = _globs(match["source"]) if "source" in match else None
-        self._subject = _globs(match["subject"]) if "subject" in match else None
-        self._tags = frozenset(match.get("tags", ()))
-        self._data = tuple((tuple(k.split(".")), v) for k, v in match.get("data", {}).items())
+        self._matcher = EventMatcher(types=match.get("type"), sources=match.get("source"),
+                                     subjects=match.get("subject"), tags=match.get("tags"),
+                                     tags_all=match.get("tags_all"), where=match.get("data"))
 
     def matches(self, record: dict[str, Any], data: _Data) -> bool:
         """Tell whether every condition of the rule holds for a decoded event record."""
-        if self._type is not None and not self._type.match(record["type"]):
-            return False
-        if self._source is not None and not self._source.match(record["source"]):
-            return False
-        if self._subject is not None:
-            subject = record.get("subject")
-            if subject is None or not self._subject.match(subject):
-                return False
-        if self._tags and not self._tags.issubset(record.get("tags") or ()):
-            return False
-        return all(_same(data.get(path), want) for path, want in self._data)
+        return self._matcher.matches(record, data.value)
 
     def as_dict(self) -> dict[str, Any]:
         """Return the rule as written, for listing."""
@@ -271,7 +247,7 @@ class _Parser:
     def match(self, node: Node, what: str) -> dict[str, Any]:
         fields = self.mapping(node, f"{what}: match", MATCH_KEYS)
         out: dict[str, Any] = {}
-        for key in ("type", "source", "subject", "tags"):
+        for key in ("type", "source", "subject", "tags", "tags_all"):
             if key in fields:
                 out[key] = list(self.strings(fields[key][1], f"{what}: match.{key}"))
         if "data" in fields:
@@ -280,11 +256,16 @@ class _Parser:
             for path, (key_node, value_node) in data.items():
                 if not isinstance(path, str) or not path or "" in path.split("."):
                     raise self.fail(key_node, f"{what}: match.data key {path!r} must be a dotted field path")
-                out["data"][path] = self.value(value_node)
+                value = self.value(value_node)
+                try:
+                    check_where({path: value}, "match.data")
+                except ValueError as exc:
+                    raise self.fail(value_node, f"{what}: {exc}") from None
+                out["data"][path] = value
         return out
 
 
-class _AnyKey(tuple):  # type: ignore[type-arg]
+class _AnyKey(tuple[str, ...]):
     """Allowed-keys stand-in that accepts every key (for match.data)."""
 
     def __contains__(self, item: object) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.auth_helpers import send_admin_token_by_default, with_test_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +31,23 @@ def settings_env(settings: object) -> dict[str, str]:
     """Turn a Settings object into the environment a child process reads."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_")}
     for name, value in settings.model_dump().items():  # type: ignore[attr-defined]
+        if value is None:  # unset optional settings stay unset (str(None) would be read as "None")
+            continue
         if hasattr(value, "get_secret_value"):  # SecretStr dumps as '**********'
             value = value.get_secret_value()
+        if isinstance(value, list | dict):  # lists are read back as JSON
+            value = json.dumps(value)
         if name == "kafka_bootstrap_servers":
             env["KAFKA_BOOTSTRAP_SERVERS"] = str(value)
         else:
             env[f"ES_{name.upper()}"] = str(value)
-    return env
+    return with_test_secret(env)  # the suite runs with authentication on (tests/auth_helpers.py)
+
+
+@pytest.fixture(autouse=True)
+def _admin_token_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Send the admin token from every httpx client unless a test names its own credential."""
+    send_admin_token_by_default(monkeypatch)
 
 
 @dataclass

@@ -131,7 +131,8 @@ class RawWriter:
         return self.codec.encode(record)
 
     async def send(self, value: bytes | None, key: bytes | None = b"s", *, timestamp_ms: int | None = None,
-                   headers: list[tuple[str, bytes]] | None = None, topic: str | None = None) -> Any:
+                   headers: list[tuple[str, bytes]] | None = None, topic: str | None = None,
+                   partition: int | None = None) -> Any:
         """Write one record and return its metadata."""
         return await self.producer.send_and_wait(topic or self.settings.ingress_topic, value, key=key,
-                                                 timestamp_ms=timestamp_ms, headers=headers)
+                                                 timestamp_ms=timestamp_ms, headers=headers, partition=partition)

@@ -15,6 +15,7 @@ import orjson
 from app.sse.framing import SSEMessage, SSEParser
 from streams.kafka.producer import EventProducer, Position
 from streams.settings import Settings
+from tests.auth_helpers import ADMIN_HEADERS
 from tests.conftest import unique
 from tests.integration.conftest import Proc, free_port, settings_env, start_process, wait_ready
 
@@ -138,7 +139,7 @@ class RawSSE:
         self.host, port = base_url.removeprefix("http://").split(":")
         self.port = int(port)
         self.query = query
-        self.headers = headers or {}
+        self.headers = {**ADMIN_HEADERS, **(headers or {})}  # the suite runs with authentication on
         self.rcvbuf = rcvbuf
         self.parser = SSEParser()
         self.messages: list[SSEMessage] = []

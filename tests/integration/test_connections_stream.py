@@ -167,3 +167,74 @@ async def test_sigterm_drain_sends_final_comment_and_the_client_misses_nothing_o
         assert_exact(before.seqs() + after.seqs(), range(0, 65))
         await before.close()
         await after.close()
+
+
+# ------------------------------------------------------------------ at-least-once for real (issue 11)
+
+async def test_an_older_last_event_id_resumes_from_it_not_from_the_committed_position(settings, edge_factory,
+                                                                                     new_topic) -> None:
+    # The committed position counts what the socket took; a client whose network died may have lost
+    # those bytes in buffers. The id it sends is what it processed.
+    topic = await new_topic()
+    edge = edge_factory(settings)
+    conn_id = create(edge, topic)
+    async with EventProducer(settings) as producer:
+        first = await open_stream(edge, conn_id)
+        await publish_seq(producer, topic, 0, 20)
+        await first.wait_for(20)
+        await wait_committed(edge, conn_id, 0)
+        await first.close()
+        processed = first.messages[11].id  # the client only got this far before its network died
+        assert processed
+        second = await open_stream(edge, conn_id, headers={"Last-Event-ID": processed})
+        await asyncio.sleep(1.0)
+        await second.close()
+    assert_exact(first.seqs()[:12] + second.seqs(), range(0, 20))
+
+
+async def test_a_stream_longer_than_twice_the_ttl_is_not_expired_by_another_edge(settings_factory, edge_factory,
+                                                                                 new_topic) -> None:
+    settings = settings_factory(connection_commit_interval_ms=100, connection_ttl_s=1.0,
+                                connection_sweep_interval_s=0.2)
+    topic = await new_topic()
+    edge_a, edge_b = edge_factory(settings), edge_factory(settings)
+    conn_id = create(edge_a, topic)
+    client = await open_stream(edge_a, conn_id)
+    await asyncio.sleep(4.0)  # four TTLs while edge B sweeps every 0.2 s
+    assert not client.ended.is_set(), bytes(client.raw)
+    assert httpx.get(f"{edge_b.url}/api/v1/connections/{conn_id}/status").status_code == 200
+    async with EventProducer(settings) as producer:
+        await publish_seq(producer, topic, 0, 5)
+    await client.wait_for(5)
+    await client.close()
+    assert_exact(client.seqs(), range(0, 5))
+
+
+async def test_position_survives_the_broker_purging_the_group_offsets(settings, edge_factory, new_topic) -> None:
+    # Offsets retention (offsets.retention.minutes, 7 days by default, like the TTL) deletes a group's
+    # offsets; deleting the group by hand does the same to a running broker without changing its config.
+    from streams.kafka.group_offsets import GroupOffsets
+
+    topic = await new_topic()
+    edge = edge_factory(settings)
+    conn_id = create(edge, topic)
+    async with EventProducer(settings) as producer:
+        first = await open_stream(edge, conn_id)
+        await publish_seq(producer, topic, 0, 10)
+        await first.wait_for(10)
+        await wait_committed(edge, conn_id, 0)
+        await first.close()
+        for _ in range(50):  # the stream's release stores the position with the definition
+            listing = httpx.get(f"{edge.url}/api/v1/connections").json()["connections"]
+            if all(c["status"] == "disconnected" for c in listing if c["id"] == conn_id):
+                break
+            await asyncio.sleep(0.1)
+        async with GroupOffsets(settings) as groups:
+            assert await groups.delete(f"{settings.connection_group_prefix}{conn_id}")
+        await publish_seq(producer, topic, 10, 5)
+        second = await open_stream(edge, conn_id)
+        await second.wait_for(5)
+        await asyncio.sleep(0.5)
+        await second.close()
+    assert_exact(first.seqs(), range(0, 10))
+    assert_exact(second.seqs(), range(10, 15))

@@ -15,6 +15,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from streams.envelope import record_to_json
 from streams.schema.codec import AvroCodec, load_schema_text
 from streams.schema.registry import SchemaRegistry
+from tests.auth_helpers import anonymous, registry_conf, token
 from tests.kafka_utils import read_all
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,8 @@ def consume_one(servers: str, topic: str) -> bytes:
 
 async def test_confluent_serializer_output_decodes_with_our_codec(settings, edge, new_topic) -> None:
     topic = await new_topic(partitions=1)
-    client = SchemaRegistryClient({"url": f"{edge.url}/api/v1/registry"})
+    with anonymous():  # the bearer token comes from confluent-kafka's own config, not the suite's default
+        client = SchemaRegistryClient(registry_conf(f"{edge.url}/api/v1/registry"))  # registers: admin
     serializer = AvroSerializer(client, load_schema_text(settings.schemas_dir / "envelope.avsc"))
     when = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
     record = {"id": "cf-1", "source": "/confluent", "type": "interop.test", "subject": "k", "time": when,
@@ -63,7 +65,8 @@ async def test_confluent_deserializer_reads_what_our_edge_published(settings, ed
                       json={"id": "ours-1", "source": "/edge", "type": "interop.test", "data": {"n": 42}})
     assert resp.status_code == 202, resp.text
     value = consume_one(settings.kafka_bootstrap_servers, settings.ingress_topic)
-    client = SchemaRegistryClient({"url": f"{edge.url}/api/v1/registry"})
+    with anonymous():  # registry reads need any valid credential: a subscribe-only token will do
+        client = SchemaRegistryClient(registry_conf(f"{edge.url}/api/v1/registry", token("cf-reader", "subscribe:*")))
     event = AvroDeserializer(client)(value, SerializationContext(settings.ingress_topic, MessageField.VALUE))
     assert event["id"] == "ours-1" and event["data"] == '{"n":42}'
     assert event["time"].tzinfo is not None

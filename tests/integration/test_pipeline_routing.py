@@ -30,7 +30,7 @@ rules:
   - {name: by-type, match: {type: "order.*"}, to: "{p}.orders"}
   - {name: by-source, match: {source: "/billing/*"}, to: ["{p}.billing", "{p}.audit"]}
   - {name: by-subject, match: {subject: "vip-*"}, to: "{p}.vip"}
-  - {name: by-tags, match: {tags: [eu, gold]}, to: "{p}.eu-gold"}
+  - {name: by-tags, match: {tags_all: [eu, gold]}, to: "{p}.eu-gold"}
   - {name: by-data, match: {data: {state: failed}}, to: "{p}.failures", override: true}
 """
 

@@ -1,7 +1,8 @@
 """The registry's REST API driven by confluent-kafka's own SchemaRegistryClient (and httpx for the raw body).
 
-The app is a bare FastAPI app holding only the registry router, served by uvicorn in a thread; the
-registry starts in the server's own event loop (lifespan), so tests talk to it over HTTP only.
+The app is a bare FastAPI app holding only the registry router and the edge's error handlers, served by
+uvicorn in a thread; the registry starts in the server's own event loop (lifespan), so tests talk to it
+over HTTP only.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from app import problems
+from app.auth import Authenticator, authenticate
+from app.auth.guard import index_routes
 from app.routes.registry import router
 from streams.schema.registry import SchemaRegistry
 from streams.settings import Settings
+from tests.auth_helpers import registry_conf
 
 pytestmark = pytest.mark.integration
 PREFIX = "/api/v1/registry"
@@ -42,7 +47,7 @@ BREAKING = avsc(ID, QTY, {"name": "email", "type": "string"})
 
 
 def registry_app(settings: Settings) -> FastAPI:
-    """Return a bare app with only the registry router, its registry run by the lifespan."""
+    """Return a bare app with only the registry router and the error handlers, its registry run by the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,8 +55,11 @@ def registry_app(settings: Settings) -> FastAPI:
             app.state.registry = registry
             yield
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan, dependencies=[Depends(authenticate)])  # as the edge: credentials on
+    app.state.authenticator = Authenticator.from_settings(settings)
+    problems.install(app)
     app.include_router(router, prefix=PREFIX)
+    index_routes(app)
     return app
 
 
@@ -78,7 +86,7 @@ def base_url(settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def client(base_url: str) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": base_url})
+    return SchemaRegistryClient(registry_conf(base_url))
 
 
 def test_register_then_read_back_by_id_latest_versions_and_lookup(
@@ -86,7 +94,7 @@ def test_register_then_read_back_by_id_latest_versions_and_lookup(
 ) -> None:
     schema_id = client.register_schema("orders-value", Schema(V1, "AVRO"))
     assert client.register_schema("orders-value", Schema(V2, "AVRO")) == schema_id + 1
-    fresh = SchemaRegistryClient({"url": base_url})  # nothing cached: every answer comes from the server
+    fresh = SchemaRegistryClient(registry_conf(base_url))  # nothing cached: every answer comes from the server
     assert json.loads(fresh.get_schema(schema_id).schema_str) == json.loads(V1)
     latest = fresh.get_latest_version("orders-value")
     assert (latest.version, latest.schema_id, json.loads(latest.schema.schema_str)) == (2, schema_id + 1,
@@ -189,6 +197,6 @@ def test_confluent_serializer_and_deserializer_round_trip_through_us(
     # Since 2.14 the serializer asks /associations first; our 404 sends it to <topic>-value.
     ctx = SerializationContext("orders", MessageField.VALUE)
     data = AvroSerializer(client, V1)({"id": "o-1", "qty": 3}, ctx)
-    reader = SchemaRegistryClient({"url": base_url})
+    reader = SchemaRegistryClient(registry_conf(base_url))
     assert AvroDeserializer(reader)(data, ctx) == {"id": "o-1", "qty": 3}
     assert reader.get_latest_version("orders-value").schema_id == int.from_bytes(data[1:5], "big")

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from streams.kafka.producer import EventProducer
+from tests.auth_helpers import ADMIN_TOKEN
 from tests.integration.stream_helpers import assert_exact, private_settings, publish_seq, start_edge
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,9 @@ async def test_eventsource_survives_an_edge_restart_without_gap(browser: Any, ka
     port = int(edge.url.rsplit(":", 1)[1])
     topic = await new_topic()
     html = PAGE.replace("FILTER", orjson.dumps(orjson.dumps({"topics": [topic]}).decode()).decode())
-    page = await browser.new_page()
+    context = await browser.new_context()  # EventSource sends no headers: the es_token cookie carries the token
+    await context.add_cookies([{"name": "es_token", "value": ADMIN_TOKEN, "url": edge.url}])
+    page = await context.new_page()
     await page.route(f"{edge.url}/stream-test", lambda route: route.fulfill(body=html, content_type="text/html"))
     try:
         async with EventProducer(settings, linger_ms=0) as producer:

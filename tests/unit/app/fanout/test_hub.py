@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -12,7 +13,8 @@ from app.fanout.hub import Hub
 from app.fanout.subscribers import CATCHUP, LIVE
 from app.fanout.tokens import STREAM
 from app.sse.framing import PING, SSEParser
-from tests.unit.fakes import TOPIC, event, place_tail, settle
+from app.sse.writer import Connection
+from tests.unit.fakes import TOPIC, FakeCycle, event, pass_through, place_tail, settle
 
 
 def dispatch(hub: Hub, offset: int, partition: int = 0, **kw: Any) -> None:
@@ -101,3 +103,69 @@ async def test_closing_the_hub_ends_every_stream_with_a_comment(hub: Hub, connec
     hub.close_all()
     assert server.ended and server.bodies[-1].startswith(b": closing")
     await asyncio.sleep(0)
+
+
+def test_catch_up_gets_the_hubs_tails_and_callbacks_not_the_hub(hub: Hub, connect: Callable[..., Any]) -> None:
+    ports = hub.catchup_ports
+    assert all(getattr(ports, f.name) is not hub for f in fields(ports))
+    assert ports.tails is hub.tails and ports.tokens is hub.tokens
+    place_tail(hub, [5, 0])
+    sub, _ = connect(start={TOPIC: [0, 0]})
+    assert hub.catchup.submitted == [sub]  # type: ignore[attr-defined]
+    ports.requeue(sub, {TOPIC: [2, 0]})
+    assert hub.catchup.submitted == [sub, sub] and sub.position == {TOPIC: [2, 0]}  # type: ignore[attr-defined]
+    ports.delivered(3)
+    ports.attach([sub])
+    assert hub.deliveries == 3 and sub.state == LIVE and sub in sub.group.live
+
+
+async def test_stop_empties_the_tails_in_place_so_catch_up_sees_it(hub: Hub) -> None:
+    tails = hub.tails
+    await hub.stop()
+    await hub.stop()
+    assert hub.tails is tails and hub.catchup_ports.tails is tails and not tails
+
+
+def test_stats_count_the_streams_on_the_direct_path(hub: Hub, connect: Callable[..., Any]) -> None:
+    connect()
+    cycle = FakeCycle()
+    group = hub.join(next(iter(hub.groups.values())).filter)
+    hub.open(group, Connection(pass_through(cycle.send), 10), 15.0, None)
+    stats = hub.stats()
+    assert stats["streams"] == 2 and stats["live"] == 2 and stats["direct_writes"] == 1
+
+
+async def test_a_token_naming_more_partitions_looks_for_them_at_once_and_is_accepted(
+        hub: Hub, connect: Callable[..., Any]) -> None:
+    sub, _ = connect()
+    tail = hub.tails[TOPIC]
+    token = hub.tokens.encode(STREAM, sub.group.scope, [[4, 5, 6]])  # from an edge that saw a third partition
+
+    async def refresh(timeout: float = 10) -> None:  # the tail's metadata refresh finds it
+        tail.partitions = 3
+        tail.pos.append(0)
+
+    tail.refresh = refresh  # type: ignore[method-assign]
+    assert await hub.resume_positions(sub.group, token) == {TOPIC: [4, 5, 6]}
+
+
+async def test_a_token_naming_partitions_this_edge_cannot_see_yet_is_accepted_not_refused(
+        hub: Hub, connect: Callable[..., Any]) -> None:
+    sub, _ = connect()
+    token = hub.tokens.encode(STREAM, sub.group.scope, [[4, 5, 6]])
+    assert await hub.resume_positions(sub.group, token) == {TOPIC: [4, 5]}  # used to be a 400
+
+
+def test_undecodable_records_are_counted_per_topic_where_the_metrics_read_them(hub: Hub) -> None:
+    hub.decoder.undecodable["orders"] = 2
+    assert hub.undecodable == {"orders": 2} and hub.stats()["undecodable"] == {"orders": 2}
+    assert hub.stats()["skipped_records"] == 2
+
+
+async def test_a_tail_that_cannot_recover_closes_its_clients_with_a_reconnect_comment(
+        hub: Hub, connect: Callable[..., Any]) -> None:
+    sub, server = connect()
+    hub._tail_failed(TOPIC)
+    await settle()
+    assert sub.state == "closed" and TOPIC not in hub.tails
+    assert b"reconnect with Last-Event-ID" in b"".join(server.bodies)

@@ -9,6 +9,7 @@ import orjson
 from app.fanout.hub import Hub
 from app.fanout.replay import ReplayBuffer, ReplayEntry
 from app.fanout.subscribers import CATCHUP, LIVE
+from app.fanout.tail import TailReader
 from app.sse.framing import SSEParser
 from app.sse.writer import Connection
 from tests.unit.fakes import TOPIC, FakeServer, event, place_tail, settle
@@ -77,3 +78,17 @@ async def test_replay_into_a_full_buffer_requeues_from_the_frame_not_taken(hub: 
     server.writable.set()
     await settle()
     assert sub.state == LIVE and received(server) == [(0, o) for o in range(5)]
+
+
+def test_a_tail_recreated_after_idling_is_not_served_the_old_tails_frames(hub: Hub, connect: Any) -> None:
+    place_tail(hub, [0, 0], replay_size=100)
+    publish(hub, 0, 0, 1)
+    _, first = connect(start={TOPIC: [0, 0]})
+    assert received(first) == [(0, 0), (0, 1)]
+    # The tail idled out and a new one started: its `dispatched` counts from 0 again and reaches the same number
+    # over other records, so a cache keyed by it alone served the first tail's frames.
+    hub.tails[TOPIC] = TailReader(hub.settings, TOPIC, 2, hub.decoder, hub._dispatch)
+    place_tail(hub, [0, 0], replay_size=100)
+    publish(hub, 1, 0, 1)
+    _, second = connect(start={TOPIC: [0, 0]})
+    assert received(second) == [(1, 0), (1, 1)]

@@ -63,3 +63,18 @@ def test_malformed_token_is_refused(codec: TokenCodec, token: str) -> None:
 def test_short_secret_is_refused_before_use() -> None:
     with pytest.raises(ValueError, match="at least 8 bytes"):
         TokenCodec(b"short")
+
+
+def test_the_partition_bound_keeps_a_token_at_the_largest_offsets_under_the_size_limit() -> None:
+    from app.fanout.tokens import MAX_TOKEN_CHARS, check_room, max_partitions
+    from streams.errors import LimitExceeded
+
+    codec, scope, top = TokenCodec(b"k" * 16), b"s" * 16, 2**63 - 1
+    for kind, per in ((STREAM, 1), (HISTORY, 2)):
+        n = max_partitions(kind)
+        token = codec.encode(kind, scope, [[top] * (n * per)])
+        assert len(token) <= MAX_TOKEN_CHARS and codec.decode(token, kind, scope)
+        assert len(codec.encode(kind, scope, [[top] * ((n + 1) * per)])) > MAX_TOKEN_CHARS
+        check_room(kind, {"a": n})
+        with pytest.raises(LimitExceeded, match=f"at most {n} partitions"):
+            check_room(kind, {"a": n, "b": 1})

@@ -16,9 +16,8 @@ from app.sse.framing import SSEMessage, SSEParser, format_comment, format_event,
     ("", {}, b"data: \n\n"),
     ("trailing\n", {}, b"data: trailing\ndata: \n\n"),
     (" leading space", {}, b"data:  leading space\n\n"),
-    ("x", {"retry": 1500}, b"retry: 1500\ndata: x\n\n"),
 ], ids=["plain", "id-and-event", "lf", "crlf-and-cr", "blank-line", "empty", "trailing-newline",
-        "leading-space", "retry"])
+        "leading-space"])
 def test_format_event_gives_exact_bytes(data: str, kwargs: dict, expected: bytes) -> None:
     assert format_event(data, **kwargs) == expected
 

@@ -9,7 +9,7 @@ from typing import Any
 import brotli
 import pytest
 
-from app.sse.writer import Connection, Encoder, server_cycle
+from app.sse.writer import Connection, Encoder, direct_path
 from tests.unit.fakes import FakeCycle, FakeServer, pass_through, settle
 
 
@@ -90,7 +90,7 @@ async def test_compressed_writes_decode_one_by_one(encoding: str) -> None:
 async def test_direct_path_writes_chunks_to_the_transport_behind_pass_through_wrappers() -> None:
     cycle = FakeCycle()
     conn = Connection(pass_through(pass_through(cycle.send)), max_buffer=4)
-    assert server_cycle(pass_through(cycle.send)) is cycle
+    assert direct_path(pass_through(cycle.send)) == (cycle, "")
     conn.write(b"data: x\n\n")
     assert cycle.transport.writes == [b"9\r\ndata: x\n\n\r\n"]
 
@@ -103,9 +103,74 @@ def test_wrapper_that_does_more_than_pass_through_keeps_the_asgi_path() -> None:
             await inner(message)
         return sender
 
-    assert server_cycle(recording(cycle.send)) is None
+    found, reason = direct_path(recording(cycle.send))
+    assert found is None and "recording.<locals>.sender" in reason and "pass-through" in reason
     cycle.chunked_encoding = False
-    assert server_cycle(cycle.send) is None
+    assert direct_path(cycle.send) == (None, "the response is not sent with chunked encoding")
+
+
+def test_send_of_another_server_says_it_is_not_uvicorns_cycle() -> None:
+    found, reason = direct_path(pass_through(FakeServer().send))
+    assert found is None and reason == "FakeServer is not uvicorn's httptools response cycle (no transport)"
+
+
+def test_send_that_is_neither_a_function_nor_a_method_keeps_the_asgi_path() -> None:
+    class Callable:
+        async def __call__(self, message: dict[str, Any]) -> None:
+            pass
+
+    found, reason = direct_path(Callable())
+    assert found is None and reason == f"send is a {Callable.__qualname__}, neither a bound method nor a function"
+
+
+def test_direct_writes_turned_off_keep_the_asgi_path_even_under_uvicorn() -> None:
+    cycle = FakeCycle()
+    found, reason = direct_path(pass_through(cycle.send), enabled=False)
+    assert found is None and "turned off" in reason
+    conn = Connection(pass_through(cycle.send), max_buffer=4, direct=False)
+    conn.write(b"data: x\n\n")
+    assert not conn.direct and cycle.transport.writes == [b"9\r\ndata: x\n\n\r\n"]  # framed by `send`
+
+
+def test_a_chain_of_wrappers_too_deep_keeps_the_asgi_path() -> None:
+    send: Any = FakeCycle().send
+    for _ in range(20):
+        send = pass_through(send)
+    assert direct_path(send) == (None, "more than 16 layers wrap send")
+
+
+def test_reason_for_the_plain_path_is_logged_once(caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.sse.writer._reported", set())
+    with caplog.at_level("INFO", logger="app.sse.writer"):
+        for _ in range(3):
+            Connection(FakeServer().send, max_buffer=4)
+    infos = [r for r in caplog.records if r.levelname == "INFO"]
+    assert len(infos) == 1 and "FakeServer is not uvicorn's" in infos[0].getMessage()
+
+
+async def test_on_flushed_runs_after_a_flush_without_failure_but_not_after_a_failed_one() -> None:
+    server = FakeServer()
+    conn = Connection(server.send, max_buffer=4)
+    flushed: list[bool] = []
+    conn.on_flushed = lambda: flushed.append(True)
+    server.writable.clear()
+    conn.write(b"1")
+    conn.write(b"2")
+    await settle()
+    server.writable.set()
+    await settle()
+    assert flushed == [True]
+
+    async def broken(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)
+        raise OSError("connection reset")
+
+    failing = Connection(broken, max_buffer=4)
+    failing.on_flushed = lambda: flushed.append(False)
+    failing.write(b"1")
+    await settle()
+    assert failing.closed and flushed == [True]
 
 
 async def test_direct_path_queues_while_paused_and_flushes_through_send() -> None:
@@ -137,3 +202,17 @@ async def test_closed_client_that_never_reads_again_is_dropped(monkeypatch: pyte
     conn.close(b": bye\n\n")
     await asyncio.sleep(0.05)
     assert cycle.transport.aborted
+
+
+async def test_paused_client_refuses_once_the_queued_bytes_would_pass_max_bytes() -> None:
+    server = FakeServer()
+    server.writable.clear()
+    conn = Connection(server.send, max_buffer=100, max_bytes=10)
+    assert conn.write(b"first")  # in the server's send: not queued
+    assert conn.write(b"123456") and conn.write(b"7890")
+    assert conn.buffered_bytes == 10
+    assert conn.write(b"x") is False  # 11 bytes would pass the bound, though 98 frames are left
+    server.writable.set()
+    await settle()
+    assert conn.buffered_bytes == 0 and server.bodies == [b"first", b"1234567890"]
+    assert conn.write(b"again")

@@ -9,7 +9,7 @@ T0 = 1_800_000_000_000
 
 
 def index(max_ids: int = 1000) -> DedupIndex:
-    return DedupIndex({}, WINDOW, max_ids)
+    return DedupIndex(WINDOW, max_ids)
 
 
 def test_unseen_id_is_new() -> None:
@@ -45,7 +45,7 @@ def test_expire_drops_ids_older_than_the_window_and_returns_them() -> None:
     dedup.remember(b"old", T0, 0, 1, T0)
     dedup.remember(b"new", T0 + WINDOW, 0, 2, T0 + WINDOW)
     assert dedup.expire(T0 + WINDOW + 1, [0]) == [(0, b"old")]
-    assert set(dedup.store) == {b"new"} and dedup.expired == 1
+    assert set(dedup.store(0)) == {b"new"} and dedup.expired == 1
 
 
 def test_expire_leaves_an_id_that_was_remembered_again_later() -> None:
@@ -53,7 +53,7 @@ def test_expire_leaves_an_id_that_was_remembered_again_later() -> None:
     dedup.remember(b"a", T0, 0, 1, T0)
     dedup.remember(b"a", T0 + WINDOW, 0, 9, T0 + WINDOW)
     assert dedup.expire(T0 + WINDOW + 1, [0]) == []
-    assert b"a" in dedup.store
+    assert b"a" in dedup.store(0)
 
 
 def test_expire_evicts_the_oldest_beyond_max_ids() -> None:
@@ -75,18 +75,40 @@ def test_forget_only_drops_the_entry_of_that_origin() -> None:
     dedup = index()
     dedup.remember(b"a", T0, 0, 1, T0)
     assert not dedup.forget(b"a", 0, 2)
-    assert dedup.forget(b"a", 0, 1) and b"a" not in dedup.store
+    assert dedup.forget(b"a", 0, 1) and b"a" not in dedup.store(0)
 
 
-def test_rebuild_orders_recovered_entries_and_drops_other_partitions() -> None:
+def test_the_same_id_in_two_partitions_is_two_events() -> None:
+    dedup = index()
+    dedup.remember(b"a", T0, 0, 1, T0)
+    assert dedup.check(b"a", T0, 1, 1) == (Verdict.NEW, None)
+
+
+def replayed(source: DedupIndex, partition: int) -> DedupIndex:
+    """Return a new index that got `partition` by replaying what `source` would have written to its changelog."""
+    recovered = index()
+    for key, value in source.store(partition).items():
+        recovered.apply(partition, key, value)
+    recovered.rebuild(partition)
+    return recovered
+
+
+def test_replay_applies_entries_and_tombstones_and_orders_for_expiry() -> None:
     source = index()
     source.remember(b"late", T0 + 10, 0, 9, T0 + 10)
     source.remember(b"early", T0, 0, 3, T0)
-    source.remember(b"elsewhere", T0, 5, 1, T0)
-    recovered = DedupIndex(dict(source.store), WINDOW, 1000)
-    assert recovered.rebuild([0]) == 2
-    assert b"elsewhere" not in recovered.store
+    recovered = index()
+    for key, value in [*source.store(0).items(), (b"gone", source.store(0)[b"early"]), (b"gone", None)]:
+        recovered.apply(0, key, value)
+    assert recovered.rebuild(0) == 2 and b"gone" not in recovered.store(0)
     assert recovered.expire(T0 + WINDOW + 5, [0]) == [(0, b"early")]
+
+
+def test_drop_forgets_a_partition_given_away() -> None:
+    dedup = index()
+    dedup.remember(b"a", T0, 5, 1, T0)
+    dedup.drop(5)
+    assert dedup.held() == set() and dedup.check(b"a", T0, 5, 2)[0] is Verdict.NEW
 
 
 def test_last_is_the_entry_with_the_highest_offset_still_held() -> None:
@@ -94,6 +116,5 @@ def test_last_is_the_entry_with_the_highest_offset_still_held() -> None:
     dedup.remember(b"a", T0, 0, 4, T0 + 1)
     dedup.remember(b"b", T0, 0, 9, T0 + 2)
     dedup.forget(b"b", 0, 9)
-    recovered = DedupIndex(dict(dedup.store), WINDOW, 1000)
-    recovered.rebuild([0])
+    recovered = replayed(dedup, 0)
     assert recovered.last(0).offset == 4 and recovered.last(1) is None

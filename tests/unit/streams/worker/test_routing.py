@@ -1,5 +1,5 @@
-"""Routing rules: each kind of match, several destinations, the publisher's topic, the default, and
-files refused with the line that is wrong."""
+"""Routing rules: each kind of match, several destinations, the publisher's topic, the default, linear-time
+globs, and files refused with the line that is wrong."""
 
 from __future__ import annotations
 
@@ -26,13 +26,22 @@ rules:
   - name: by-subject
     match: {subject: "repo-?"}
     to: repos
-  - name: by-tags
-    match: {tags: [nightly, ci]}
+  - name: by-all-tags
+    match: {tags_all: [nightly, ci]}
     to: nightly
+  - name: by-any-tag
+    match: {tags: [weekly, monthly]}
+    to: periodic
   - name: by-data
     match: {data: {status: failed, build.branch: main, retried: false}}
     to: alerts
     override: true
+  - name: by-data-membership
+    match: {data: {attempt: [1, 2, 3]}}
+    to: alerts
+  - name: brackets
+    match: {type: "[ab]"}
+    to: literal
   - name: stop-here
     match: {type: "final.*"}
     to: finals
@@ -69,11 +78,20 @@ def topics(table: RouteTable, rec: dict[str, Any], requested: str | None = None)
     (record(subject="repo-77"), ["es.events"]),
     (record(tags=["ci", "nightly", "extra"]), ["nightly"]),
     (record(tags=["nightly"]), ["es.events"]),
+    (record(tags=["monthly", "extra"]), ["periodic"]),
+    (record(tags=["extra"]), ["es.events"]),
     (record(data={"status": "failed", "build": {"branch": "main"}, "retried": False}), ["alerts"]),
     (record(data={"status": "failed", "build": {"branch": "dev"}, "retried": False}), ["es.events"]),
     (record(data={"status": "failed", "build": {"branch": "main"}, "retried": 0}), ["es.events"]),
+    (record(data={"attempt": 2}), ["alerts"]),
+    (record(data={"attempt": 4}), ["es.events"]),
+    (record(data={"attempt": [1, 2, 3]}), ["es.events"]),
+    (record(type="[ab]"), ["literal"]),
+    (record(type="a"), ["es.events"]),
 ], ids=["type-glob", "source-list-of-globs", "subject-glob", "subject-glob-no-match", "all-tags",
-        "missing-tag", "data-equality", "data-other-value", "data-false-is-not-0"])
+        "missing-tag", "any-tag", "no-listed-tag", "data-equality", "data-other-value", "data-false-is-not-0",
+        "data-membership", "data-not-a-member", "data-array-is-no-member", "brackets-are-literal",
+        "brackets-are-no-class"])
 def test_each_kind_of_match_routes_to_its_topics(table: RouteTable, rec: dict[str, Any], expected: list[str]) -> None:
     assert topics(table, rec) == expected
 
@@ -110,6 +128,16 @@ def test_data_rules_ignore_events_whose_data_is_not_json(table: RouteTable) -> N
     assert topics(table, rec) == ["es.events"]
 
 
+@pytest.mark.timeout(5)
+@pytest.mark.parametrize("key", ["type", "source", "subject"])
+def test_pathological_glob_finishes_against_ten_thousand_characters(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(f'version: 1\nrules:\n  - {{name: slow, match: {{{key}: "*a*a*a*a*a*a*a*a*b"}}, to: hit}}\n')
+    table = load_rules(path, SETTINGS)
+    assert topics(table, record(**{key: "a" * 10000})) == ["es.events"]
+    assert topics(table, record(**{key: "a" * 10000 + "b"})) == ["hit"]
+
+
 def test_json_rules_file_works_like_yaml(tmp_path: Path) -> None:
     path = tmp_path / "routes.json"
     path.write_text(orjson.dumps({"version": 1, "rules": [{"match": {"type": "a.*"}, "to": ["t-a"]}]}).decode())
@@ -134,11 +162,16 @@ def test_listing_shows_rules_as_written(table: RouteTable) -> None:
     ("rules: []\n", 1, "`version` is missing"),
     ("version: 1\nrules:\n  - {name: x, to: a}\n  - {name: x, to: b}\n", 4, "used twice"),
     ("version: 1\nrules:\n  - to: a\n    match: {type: [x, 3]}\n", 4, "non-empty string"),
+    ("version: 1\nrules:\n  - to: a\n    match: {tags_all: []}\n", 4, "must not be an empty list"),
+    ("version: 1\nrules:\n  - to: a\n    match:\n      data: {a: {b: 1}}\n", 5, "got dict"),
+    ("version: 1\nrules:\n  - to: a\n    match:\n      data: {a: []}\n", 5, "at least one value"),
+    ("version: 1\nrules:\n  - to: a\n    match:\n      data: {day: 2026-01-31}\n", 5, "got date"),
     ("version: 1\nrules:\n  - to: a\n   match: {}\n", 4, "not valid YAML"),
     ('{"version": 1, "rules": [\n  {"to": "a",}\n]}\n', 2, "not valid JSON"),
     ('{"version": 1, "rules": [\n\t{"to": "a", "final": 1}\n]}\n', 2, "must be true or false"),
 ], ids=["unknown-match-key", "no-to", "bad-topic", "internal-topic", "bad-boolean", "bad-version",
-        "no-version", "duplicate-name", "non-string-glob", "bad-indentation", "json-trailing-comma",
+        "no-version", "duplicate-name", "non-string-glob", "empty-tags-all", "data-object", "data-empty-list",
+        "data-yaml-date", "bad-indentation", "json-trailing-comma",
         "json-with-tabs-bad-value"])
 def test_malformed_rules_file_is_refused_with_the_line(tmp_path: Path, text: str, line: int, words: str) -> None:
     path = tmp_path / ("routes.json" if text.startswith("{") else "routes.yaml")
