@@ -10,10 +10,10 @@ from app.auth import Authenticator, authenticate, mark_public_operations
 from app.auth.credentials import install_log_redaction
 from app.auth.guard import index_routes
 from app.lifespan import edge_lifespan
+from app.limits import RateLimiter
 from app.observe import HttpFigures, HttpMetrics, edge_registry
 from app.request_size import RequestSizeLimit
 from app.routes import connections, dashboard, dlq, events, health, metrics, monitor, routing, stats, stream, topics
-from app.routes.limits import RateLimiter
 from app.routes.registry import router as registry_router
 from streams.settings import Settings, get_settings
 
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_log_redaction()
     mark_public_operations(app)
     problems.install(app)
-    app.state.limiter = RateLimiter(settings)  # rate limits per principal (app/routes/limits.py)
+    app.state.limiter = RateLimiter(settings)  # rate limits per principal (app/limits.py)
     app.add_middleware(RequestSizeLimit, max_header_bytes=settings.http_max_header_bytes,
                        max_body_bytes=settings.http_max_body_bytes)
     # Observability (app/observe/): HTTP figures counted outermost, read with the hub's at scrape time.

@@ -17,12 +17,31 @@ import resource
 import sys
 import time
 from array import array
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
 
 HOST = "127.0.0.1"
 EVENT = re.compile(rb'"seq":(\d+),"ts":(\d+)')
+
+
+def request_head(path: str, last_id: bytes | None, headers: str = "") -> bytes:
+    """Return the GET that opens a stream, resuming with Last-Event-ID as a browser's EventSource does."""
+    head = f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n{headers}"
+    if last_id:
+        head += f"Last-Event-ID: {last_id.decode()}\r\n"
+    return (head + "\r\n").encode()
+
+
+def take_events(buf: bytearray) -> bytes | None:
+    """Cut the complete events (up to the last blank line) off the front of `buf`; None while there are none."""
+    end = buf.rfind(b"\n\n")
+    if end < 0:
+        return None
+    chunk = bytes(buf[:end + 2])
+    del buf[:end + 2]
+    return chunk
 
 
 class Client(asyncio.Protocol):
@@ -42,10 +61,7 @@ class Client(asyncio.Protocol):
         self.transport = transport
         self.buf.clear()
         self.ok = False
-        head = f"GET {self.pool.path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n{self.pool.auth}"
-        if self.last_id:
-            head += f"Last-Event-ID: {self.last_id.decode()}\r\n"
-        transport.write((head + "\r\n").encode())
+        transport.write(request_head(self.pool.path, self.last_id, self.pool.auth))
 
     def data_received(self, data: bytes) -> None:
         now = time.time_ns() // 1000
@@ -59,11 +75,8 @@ class Client(asyncio.Protocol):
                 return
             self.ok = True
             self.pool.on_open(self)
-        end = buf.rfind(b"\n\n")
-        if end < 0:
+        if (chunk := take_events(buf)) is None:
             return
-        chunk = bytes(buf[:end + 2])
-        del buf[:end + 2]
         seen, lat = self.seen, self.pool.latencies
         for match in EVENT.finditer(chunk):
             seq = int(match[1])
@@ -169,27 +182,33 @@ def percentiles(values: Any) -> list[float]:
     return [values[min(n - 1, int(n * q))] / 1000 for q in (0.50, 0.95, 0.99)]
 
 
-async def worker_main(port: int, path: str, max_seq: int, retry_s: float) -> None:
-    """Serve commands from the harness on stdin; answer JSON lines on stdout."""
-    pool = Pool(port, path, max_seq, retry_s)
+async def serve(answer: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
+    """Answer the harness's JSON commands on stdin with one JSON line each on stdout, until a reply says bye."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
-        cmd = json.loads(line)
-        if cmd["cmd"] == "connect":
-            reply: dict[str, Any] = {"opened": await pool.connect(cmd["n"])}
-        elif cmd["cmd"] == "report":
-            reply = pool.report(cmd["lo"], cmd["hi"])
-        elif cmd["cmd"] == "missing":
-            reply = {"lost": sum(c.seen[cmd["lo"]:cmd["hi"]].count(0) for c in pool.clients)}
-        else:
-            pool.stop()
-            reply = {"bye": True}
+        reply = await answer(json.loads(line))
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
         if "bye" in reply:
             return
+
+
+async def worker_main(port: int, path: str, max_seq: int, retry_s: float) -> None:
+    """Serve commands from the harness on stdin; answer JSON lines on stdout."""
+    pool = Pool(port, path, max_seq, retry_s)
+
+    async def answer(cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd["cmd"] == "connect":
+            return {"opened": await pool.connect(cmd["n"])}
+        if cmd["cmd"] == "report":
+            return pool.report(cmd["lo"], cmd["hi"])
+        if cmd["cmd"] == "missing":
+            return {"lost": sum(c.seen[cmd["lo"]:cmd["hi"]].count(0) for c in pool.clients)}
+        pool.stop()
+        return {"bye": True}
+    await serve(answer)
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ class Edge:
             key = "KAFKA_BOOTSTRAP_SERVERS" if name == "kafka_bootstrap_servers" else f"ES_{name.upper()}"
             self.env[key] = str(value)
         self.env.update({"ES_HTTP_HOST": HOST, "ES_HTTP_PORT": str(port), "ES_STREAM_MAX_CLIENTS": str(clients + 500),
-                         # every client is one principal here: lift its stream caps (app/routes/limits.py)
+                         # every client is one principal here: lift its stream caps (app/limits.py)
                          "ES_MAX_STREAMS_PER_PRINCIPAL": str(clients + 500),
                          "ES_RATE_LIMIT_STREAM_OPENS": "1000000/minute",
                          "ES_STREAM_RETRY_MS": "1000", "ES_READY_TIMEOUT_S": "15"})

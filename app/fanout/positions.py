@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -49,21 +50,21 @@ class OffsetsReader:
 
     async def end(self, layout: dict[str, int]) -> Positions:
         """Return the end offset (next offset to be written) of every partition in `layout`."""
-        tps = list(_tps(layout))
-        try:
-            ends = await self._require().end_offsets(tps)
-        except KafkaError as exc:
-            raise BrokerUnavailable(f"reading end offsets failed: {exc}") from exc
-        return _positions(layout, ends)
+        return await self._edge(layout, "end")
 
     async def beginning(self, layout: dict[str, int]) -> Positions:
         """Return the first offset still in the log for every partition in `layout`."""
-        tps = list(_tps(layout))
+        return await self._edge(layout, "log start")
+
+    async def _edge(self, layout: dict[str, int], which: Literal["end", "log start"]) -> Positions:
+        """Read one edge of the log (end or log start) for every partition in `layout`."""
+        consumer = self._require()
+        read = consumer.end_offsets if which == "end" else consumer.beginning_offsets
         try:
-            starts = await self._require().beginning_offsets(tps)
+            offsets = await read(list(_tps(layout)))
         except KafkaError as exc:
-            raise BrokerUnavailable(f"reading log start offsets failed: {exc}") from exc
-        return _positions(layout, starts)
+            raise BrokerUnavailable(f"reading {which} offsets failed: {exc}") from exc
+        return _positions(layout, offsets)
 
     async def at_time(self, layout: dict[str, int], ts_ms: int) -> Positions:
         """Return the first offset whose record time is >= `ts_ms`, or the end where there is none."""

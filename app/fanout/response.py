@@ -1,16 +1,20 @@
-"""The SSE response of a stream: its headers, the write side it hands the hub, its content encoding."""
+"""The SSE response of a stream: its headers, the write side it hands the hub, its content encoding, and
+the timers that warn before and end at the expiry of the credential it was opened with."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
-from app.fanout.expiry import ExpiryWatch
 from app.fanout.hub import Hub
 from app.fanout.records import Positions
-from app.fanout.subscribers import FilterGroup, Subscriber
-from app.sse.framing import format_retry
+from app.fanout.subscribers import CLOSED, FilterGroup, Subscriber
+from app.sse.framing import format_comment, format_event, format_retry
 from app.sse.writer import Connection, Encoder, Encoding
 
 
@@ -86,3 +90,39 @@ def choose_encoding(compression: bool, accept: str | None) -> Encoding | None:
     if offered.get("x-gzip", 0.0) > 0:
         return "gzip"
     return None
+
+
+TOKEN_EXPIRING = "token-expiring"
+EXPIRED = format_comment("closing: the credential expired; reconnect with a fresh token and Last-Event-ID "
+                         "to resume")
+
+
+def expiring_event(expires_in_s: float) -> bytes:
+    """Return the `token-expiring` event: `{"expires_in": <whole seconds left>}`."""
+    return format_event(orjson.dumps({"expires_in": max(0, math.ceil(expires_in_s))}).decode(), event=TOKEN_EXPIRING)
+
+
+class ExpiryWatch:
+    """Warn a stream `warning_s` before its credential's `expires_at` (Unix time), and close it then."""
+
+    __slots__ = ("hub", "sub", "expires_at", "_handles")
+
+    def __init__(self, hub: Hub, sub: Subscriber, expires_at: float, warning_s: float) -> None:
+        self.hub, self.sub, self.expires_at = hub, sub, expires_at
+        loop = asyncio.get_running_loop()
+        left = expires_at - time.time()
+        self._handles = [loop.call_later(max(0.0, left - warning_s), self._warn),
+                         loop.call_later(max(0.0, left), self._expire)]
+
+    def _warn(self) -> None:
+        if self.sub.state != CLOSED:
+            self.sub.conn.write(expiring_event(self.expires_at - time.time()))
+
+    def _expire(self) -> None:
+        if self.sub.state != CLOSED:
+            self.hub.close(self.sub, EXPIRED)
+
+    def cancel(self) -> None:
+        """Disarm both timers (the stream ended first); idempotent."""
+        for handle in self._handles:
+            handle.cancel()

@@ -13,9 +13,8 @@ from app.durable.registry import ConnectionNotFound, Connections, ConnectionSpec
 from app.durable.stream import DurableStreamResponse, start_positions
 from app.fanout.filters import CompiledFilter
 from app.fanout.response import choose_encoding
-from app.fanout.tokens import STREAM, check_room
-from app.routes.limits import Limits
-from app.routes.stream import check_time, over_capacity
+from app.limits import Limits
+from app.routes.stream import check_time, open_group, over_capacity
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
 
@@ -94,19 +93,9 @@ async def stream_connection(
     hub = request.app.state.hub
     if (refusal := over_capacity(hub)) is not None:
         return refusal
-    slot = await limits.open_stream()
-    try:
-        group = await hub.prepare(flt)
-    except BaseException:
-        slot.release()
-        raise
-    try:
-        check_room(STREAM, hub.layout(group))  # else commits would stop at the first token past the limit
-        start = await start_positions(hub, group, connections, conn_id, last_event_id_header or last_event_id)
-    except BaseException:
-        hub.release(group)
-        slot.release()
-        raise
+    token = last_event_id_header or last_event_id
+    slot, group, start = await open_group(
+        hub, limits, flt, lambda group: start_positions(hub, group, connections, conn_id, token))
     encoding = choose_encoding(options.compression, accept_encoding)
     response = DurableStreamResponse(hub, group, start, connections, conn_id, options, encoding)
     response.expires_at = principal.expires_at  # `token-expiring`, then the end at `exp`

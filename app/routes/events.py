@@ -9,8 +9,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.auth import CurrentPrincipal, check_topics
+from app.limits import Limits
 from app.problems import Problem
-from app.routes.limits import Limits
 from streams.envelope import Event, parse_event
 from streams.errors import PayloadTooLarge, ValidationFailed
 from streams.kafka.topics import TOPIC_NAME

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -16,12 +17,14 @@ from app.fanout.history import MAX_LIMIT
 from app.fanout.hub import Hub
 from app.fanout.records import Positions
 from app.fanout.response import EventStreamResponse, choose_encoding
+from app.fanout.subscribers import FilterGroup
 from app.fanout.tokens import STREAM, TokenError, check_room
+from app.limits import Limits, RequestLimits, StreamSlot
 from app.problems import Problem, problem_response
-from app.routes.limits import Limits
 
 router = APIRouter(prefix="/api/v1/events", tags=["stream"])
 RETRY_AFTER_S = "5"
+P = TypeVar("P", bound="Positions | None")  # where a stream starts: live (None) or given positions
 
 FILTER_DOC = ('JSON EventFilter: {"topics": [...], "types": ["workflow.*"], "sources": [...], "subjects": [...], '
               '"tags": [...], "where": {"status": ["failed", "error"]}}. Every given field must match; '
@@ -36,6 +39,25 @@ def over_capacity(hub: Hub) -> Response | None:
         f"this edge serves its limit of {hub.settings.stream_max_clients} streams"
     return problem_response(503, "Too many streams", f"{reason}; retry shortly or use another edge",
                             headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def open_group(hub: Hub, limits: RequestLimits, flt: CompiledFilter,
+                     positions: Callable[[FilterGroup], Awaitable[P]]) -> tuple[StreamSlot, FilterGroup, P]:
+    """Take a stream slot and the filter's group, then find where the stream starts; any failure gives both back."""
+    slot = await limits.open_stream()
+    try:
+        group = await hub.prepare(flt)
+    except BaseException:
+        slot.release()
+        raise
+    try:
+        check_room(STREAM, hub.layout(group))  # else tokens (and durable commits) would stop past the limit
+        start = await positions(group)
+    except BaseException:
+        hub.release(group)
+        slot.release()
+        raise
+    return slot, group, start
 
 
 def parse_since(value: str | None) -> datetime | None:
@@ -120,28 +142,19 @@ async def stream_events(
         return refusal
     when = parse_since(since)
     token = last_event_id_header or last_event_id
-    slot = await limits.open_stream()
-    try:
-        group = await hub.prepare(flt)
-    except BaseException:
-        slot.release()
-        raise
-    try:
-        check_room(STREAM, hub.layout(group))
-        start: Positions | None = None
-        if token:
-            start = await hub.resume_positions(group, token)
-        elif when is not None:
-            start = await hub.offsets.at_time(hub.layout(group), int(when.timestamp() * 1000))
-    except TokenError as exc:
-        hub.release(group)
-        slot.release()
-        raise Problem(400, "Invalid Last-Event-ID", f"cannot resume from this token: {exc}",
-                      field="Last-Event-ID") from None
-    except BaseException:
-        hub.release(group)
-        slot.release()
-        raise
+
+    async def positions(group: FilterGroup) -> Positions | None:
+        try:
+            if token:
+                return await hub.resume_positions(group, token)
+            if when is not None:
+                return await hub.offsets.at_time(hub.layout(group), int(when.timestamp() * 1000))
+            return None
+        except TokenError as exc:
+            raise Problem(400, "Invalid Last-Event-ID", f"cannot resume from this token: {exc}",
+                          field="Last-Event-ID") from None
+
+    slot, group, start = await open_group(hub, limits, flt, positions)
     heartbeat_s = heartbeat or hub.settings.stream_heartbeat_s
     response = EventStreamResponse(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
     response.expires_at = current_principal(request).expires_at  # `token-expiring`, then the end at `exp`

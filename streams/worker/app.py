@@ -10,7 +10,7 @@ The loop, one fetched batch at a time: decode, validate, deduplicate and route e
 batch; send all their writes at once, batched per destination partition; await the acknowledgments
 (acks=all). A partition whose writes failed with a retriable error, or are not acknowledged within
 `HOLD_AFTER_S`, is paused and held: its writes are retried, in order, with backoff, for as long as it
-takes, and only then is it read further, so no later record of it overtakes (streams/worker/writes.py).
+takes, and only then is it read further, so no later record of it overtakes (streams/worker/outputs.py).
 The other partitions go on.
 
 Delivery guarantee: at-least-once, and commits you can prove: per partition, the committed offset is
@@ -56,10 +56,10 @@ from streams.worker.dedup import DedupIndex
 from streams.worker.fetch import Partitions, Rebalance, group_consumer
 from streams.worker.metrics import MetricsServer
 from streams.worker.offsets import Progress
+from streams.worker.outputs import CHANGELOG, Delivery, Failure, Output, Work
 from streams.worker.pipeline import Pipeline
 from streams.worker.recovery import ChangelogReplay, OriginScan
 from streams.worker.routing import RouteTable, load_rules
-from streams.worker.writes import CHANGELOG, Delivery, Failure, Output, Work
 
 log = logging.getLogger(__name__)
 GC_EVERY_BATCHES = 20  # a young-generation collection every so many batches (automatic collection is off)

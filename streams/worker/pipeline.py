@@ -4,7 +4,7 @@ what each record must write.
 `prepare` turns the records of one fetch (every assigned partition, each in offset order) into Works:
 the outputs of one record (its destinations, its dedup changelog entry, a replay ledger entry) or its
 dead letter; a record that needs no write (a duplicate, or a copy already present everywhere) is
-complete at once. streams/worker/app.py sends all of them with one call (streams/worker/writes.py) and
+complete at once. streams/worker/app.py sends all of them with one call (streams/worker/outputs.py) and
 awaits the acknowledgments per batch; a Work is complete when the last of its writes is acknowledged,
 and only then does the commit point of its partition pass it (streams/worker/offsets.py).
 
@@ -44,10 +44,10 @@ from streams.metrics import Histogram, seconds_since
 from streams.schema.codec import AvroCodec
 from streams.settings import Settings
 from streams.worker.dedup import DedupIndex, Verdict, dedup_key
+from streams.worker.outputs import CHANGELOG, DEAD_LETTER, LEDGER, MAX_BACKOFF_S, ROUTE, Delivery, Output, Work
 from streams.worker.recovery import ORIGIN, OriginScan, origin_of
 from streams.worker.routing import RouteTable, requested_topic_problem
 from streams.worker.validation import check_record
-from streams.worker.writes import CHANGELOG, DEAD_LETTER, LEDGER, MAX_BACKOFF_S, ROUTE, Delivery, Output, Work
 
 log = logging.getLogger(__name__)
 DLQ_LOGS_PER_INTERVAL = 20

@@ -21,6 +21,7 @@ from tests.conftest import unique
 from tests.integration.conftest import Proc, settings_env, start_process
 from tests.kafka_utils import read_all
 
+READY = "Dedup table ready"  # what the worker logs once it owns its partitions and can route (streams/worker/app.py)
 
 def pipeline_settings(kafka_bootstrap: str, tmp: Path, rules: str = "version: 1\nrules: []\n",
                       **overrides: Any) -> Settings:

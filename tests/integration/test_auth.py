@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from app.client import Subscription
+from app.subscriber_client import Subscription
 from streams.kafka.producer import EventProducer
 from tests.auth_helpers import bearer, token
 from tests.conftest import unique

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from streams.kafka.producer import EventProducer
+from tests.integration.conftest import Proc
 from tests.integration.stream_helpers import SSEClient, assert_exact, publish_seq
 
 pytestmark = pytest.mark.integration
@@ -34,6 +35,21 @@ async def open_stream(edge, conn_id: str, headers: dict[str, str] | None = None)
     return client
 
 
+async def new_connection(settings, edge_factory, new_topic) -> tuple[Proc, str, str]:
+    """Start an edge and create a durable connection to a fresh topic: (edge, topic, connection id)."""
+    topic = await new_topic()
+    edge = edge_factory(settings)
+    return edge, topic, create(edge, topic)
+
+
+async def stream_events(producer: EventProducer, edge, conn_id: str, topic: str, start: int, count: int) -> SSEClient:
+    """Open the connection's stream, publish `count` events from seq `start`, and wait until all arrived."""
+    client = await open_stream(edge, conn_id)
+    await publish_seq(producer, topic, start, count)
+    await client.wait_for(count)
+    return client
+
+
 async def wait_committed(edge, conn_id: str, lag: int = 0, timeout: float = 10) -> dict:
     """Wait until the connection's total lag (from Kafka's committed offsets) is `lag`."""
     status: dict = {}
@@ -47,13 +63,9 @@ async def wait_committed(edge, conn_id: str, lag: int = 0, timeout: float = 10) 
 
 async def test_stream_again_without_last_event_id_gets_exactly_the_missed_events(settings, edge_factory,
                                                                                 new_topic) -> None:
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     async with EventProducer(settings) as producer:
-        first = await open_stream(edge, conn_id)
-        await publish_seq(producer, topic, 0, 20)
-        await first.wait_for(20)
+        first = await stream_events(producer, edge, conn_id, topic, 0, 20)
         await first.close()
         await wait_committed(edge, conn_id, 0)
         await publish_seq(producer, topic, 20, 30)
@@ -67,13 +79,9 @@ async def test_stream_again_without_last_event_id_gets_exactly_the_missed_events
 
 
 async def test_connection_resumes_after_edge_restart_and_on_a_second_edge(settings, edge_factory, new_topic) -> None:
-    topic = await new_topic()
-    edge_a = edge_factory(settings)
-    conn_id = create(edge_a, topic)
+    edge_a, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     async with EventProducer(settings) as producer:
-        client = await open_stream(edge_a, conn_id)
-        await publish_seq(producer, topic, 0, 10)
-        await client.wait_for(10)
+        client = await stream_events(producer, edge_a, conn_id, topic, 0, 10)
         await client.close()
         await wait_committed(edge_a, conn_id, 0)
         edge_a.stop()
@@ -96,9 +104,7 @@ async def test_connection_resumes_after_edge_restart_and_on_a_second_edge(settin
 
 async def test_status_reports_connected_and_lag_falls_to_zero_as_events_are_delivered(settings, edge_factory,
                                                                                      new_topic) -> None:
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     async with EventProducer(settings) as producer:
         await publish_seq(producer, topic, 0, 12)
         before = await wait_committed(edge, conn_id, 12)
@@ -114,9 +120,7 @@ async def test_status_reports_connected_and_lag_falls_to_zero_as_events_are_deli
 
 async def test_second_stream_takes_over_and_the_first_is_closed_with_a_comment(settings, edge_factory,
                                                                               new_topic) -> None:
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     first = await open_stream(edge, conn_id)
     second = await open_stream(edge, conn_id)
     await asyncio.wait_for(first.ended.wait(), 10)
@@ -130,9 +134,7 @@ async def test_second_stream_takes_over_and_the_first_is_closed_with_a_comment(s
 
 
 async def test_deleting_a_connection_closes_its_live_stream(settings, edge_factory, new_topic) -> None:
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     client = await open_stream(edge, conn_id)
     assert httpx.delete(f"{edge.url}/api/v1/connections/{conn_id}").status_code == 204
     await asyncio.wait_for(client.ended.wait(), 10)
@@ -175,13 +177,9 @@ async def test_an_older_last_event_id_resumes_from_it_not_from_the_committed_pos
                                                                                      new_topic) -> None:
     # The committed position counts what the socket took; a client whose network died may have lost
     # those bytes in buffers. The id it sends is what it processed.
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     async with EventProducer(settings) as producer:
-        first = await open_stream(edge, conn_id)
-        await publish_seq(producer, topic, 0, 20)
-        await first.wait_for(20)
+        first = await stream_events(producer, edge, conn_id, topic, 0, 20)
         await wait_committed(edge, conn_id, 0)
         await first.close()
         processed = first.messages[11].id  # the client only got this far before its network died
@@ -215,13 +213,9 @@ async def test_position_survives_the_broker_purging_the_group_offsets(settings, 
     # offsets; deleting the group by hand does the same to a running broker without changing its config.
     from streams.kafka.group_offsets import GroupOffsets
 
-    topic = await new_topic()
-    edge = edge_factory(settings)
-    conn_id = create(edge, topic)
+    edge, topic, conn_id = await new_connection(settings, edge_factory, new_topic)
     async with EventProducer(settings) as producer:
-        first = await open_stream(edge, conn_id)
-        await publish_seq(producer, topic, 0, 10)
-        await first.wait_for(10)
+        first = await stream_events(producer, edge, conn_id, topic, 0, 10)
         await wait_committed(edge, conn_id, 0)
         await first.close()
         for _ in range(50):  # the stream's release stores the position with the definition

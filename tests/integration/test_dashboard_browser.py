@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from tests.auth_helpers import ADMIN_TOKEN
+from tests.integration.browser_helpers import chromium, wait_until
 from tests.integration.conftest import ROOT, Proc, free_port
 from tests.integration.pipeline_helpers import event, pipeline_settings, start_worker, wait_log
 from tests.integration.stream_helpers import start_edge
-from tests.integration.test_stream_browser import ARGS, CHROMIUM, wait_until
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -25,17 +25,8 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """Return a headless Chromium, or skip when Debian's chromium or Playwright is missing."""
-    import shutil
-
-    playwright_api = pytest.importorskip("playwright.async_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (make browser installs Debian's chromium)")
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

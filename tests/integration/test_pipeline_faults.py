@@ -15,6 +15,7 @@ from streams.kafka.producer import EventProducer
 from streams.settings import Settings
 from tests.integration.conftest import Proc
 from tests.integration.pipeline_helpers import (
+    READY,
     ensure_topics,
     event,
     header,
@@ -28,7 +29,6 @@ from tests.integration.pipeline_helpers import (
 )
 
 pytestmark = pytest.mark.integration
-READY = "Dedup table ready"
 
 
 class Stream:

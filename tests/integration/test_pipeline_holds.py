@@ -23,6 +23,7 @@ from streams.kafka.producer import EventProducer
 from streams.kafka.topics import TopicManager
 from streams.settings import Settings
 from tests.integration.pipeline_helpers import (
+    READY,
     RawWriter,
     ensure_topics,
     event,
@@ -42,7 +43,6 @@ version: 1
 rules:
   - {name: held, match: {type: "held.*"}, to: "{p}.held"}
 """
-READY = "Dedup table ready"
 
 
 def held_settings(kafka_bootstrap: str, tmp: Path) -> Settings:

@@ -8,7 +8,6 @@ the edge same-origin, exactly as a page served by the edge would; no CORS is inv
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,12 +18,10 @@ import pytest
 
 from streams.kafka.producer import EventProducer
 from tests.auth_helpers import ADMIN_TOKEN
+from tests.integration.browser_helpers import chromium, wait_until
 from tests.integration.stream_helpers import assert_exact, private_settings, publish_seq, start_edge
 
 pytestmark = pytest.mark.integration
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 PAGE = """<!doctype html><html><body><script>
 window.received = []; window.ids = []; window.opens = 0; window.errors = 0;
 const es = new EventSource("/api/v1/events/stream?filter=" + encodeURIComponent(FILTER));
@@ -41,22 +38,8 @@ window.es = es;
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """Return a headless Chromium, or skip when Debian's chromium or Playwright is missing."""
-    playwright_api = pytest.importorskip("playwright.async_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-async def wait_until(page: Any, expression: str, timeout: float = 30.0) -> None:
-    """Poll a JavaScript expression until it is true."""
-    async with asyncio.timeout(timeout):
-        while not await page.evaluate(expression):
-            await asyncio.sleep(0.1)
+    async with chromium() as browser:
+        yield browser
 
 
 async def test_eventsource_survives_an_edge_restart_without_gap(browser: Any, kafka_bootstrap: str,

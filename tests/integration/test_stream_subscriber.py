@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.client import StreamEvent, SubscriptionError, subscribe, subscribe_to_topic
+from app.subscriber_client import StreamEvent, SubscriptionError, subscribe, subscribe_to_topic
 from streams.kafka.producer import EventProducer
 from tests.integration.conftest import free_port
 from tests.integration.stream_helpers import assert_exact, private_settings, publish_seq, start_edge

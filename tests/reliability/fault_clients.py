@@ -13,19 +13,20 @@ answer per line: connect, measure (starts the latency window), pause, report, qu
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import resource
 import socket
 import sys
 import time
 from array import array
+from pathlib import Path
 from typing import Any
 
 import orjson
 import uvloop
 
-HOST = "127.0.0.1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root, for bench
+from bench.sse_clients import HOST, percentiles, request_head, serve, take_events  # noqa: E402
 
 
 class Client(asyncio.Protocol):
@@ -55,10 +56,7 @@ class Client(asyncio.Protocol):
         self.transport = transport
         self.buf.clear()
         self.ok = False
-        head = f"GET {self.path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: text/event-stream\r\n"
-        if self.last_id:
-            head += f"Last-Event-ID: {self.last_id.decode()}\r\n"
-        transport.write((head + "\r\n").encode())
+        transport.write(request_head(self.path, self.last_id))
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
@@ -78,11 +76,8 @@ class Client(asyncio.Protocol):
             if self.lost_at is not None:
                 self.resumes.append(now - self.lost_at)
                 self.lost_at = None
-        end = buf.rfind(b"\n\n")
-        if end < 0:
+        if (chunk := take_events(buf)) is None:
             return
-        chunk = bytes(buf[:end + 2])
-        del buf[:end + 2]
         for line in chunk.split(b"\n"):
             if line.startswith(b"id: "):
                 self.last_id = line[4:]
@@ -200,7 +195,7 @@ class Pool:
             "resume_max_s": round(max(resumes), 2) if resumes else 0.0,
             "closed_by_server": sum(c.closed_by_server for c in clients),
             "max_pause_s": round(max((c.max_pause for c in clients), default=0.0), 2),
-            "lat_ms": percentiles(lat),
+            "lat_ms": [round(ms, 1) for ms in percentiles(lat)],
         }
 
     def stop(self) -> None:
@@ -223,39 +218,23 @@ def out_of_order(order: array[int], keep: bytearray) -> int:
     return late
 
 
-def percentiles(values: Any) -> list[float]:
-    """Return p50, p95, p99 in ms of sorted µs values (empty -> zeros)."""
-    if not values:
-        return [0.0, 0.0, 0.0]
-    n = len(values)
-    return [round(values[min(n - 1, int(n * q))] / 1000, 1) for q in (0.50, 0.95, 0.99)]
-
-
 async def worker_main(pool: Pool) -> None:
     """Serve commands from the harness on stdin; answer JSON lines on stdout."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        reply: dict[str, Any]
+
+    async def answer(cmd: dict[str, Any]) -> dict[str, Any]:
         if cmd["cmd"] == "connect":
-            reply = {"opened": await pool.connect(cmd["n"], cmd.get("rcvbuf"), cmd.get("path"))}
-        elif cmd["cmd"] == "measure":
+            return {"opened": await pool.connect(cmd["n"], cmd.get("rcvbuf"), cmd.get("path"))}
+        if cmd["cmd"] == "measure":
             pool.measuring = bool(cmd["on"])
             pool.latencies = array("q")  # latencies count from here
-            reply = {"measuring": pool.measuring}
-        elif cmd["cmd"] == "pause":
-            reply = {"paused": pool.pause(cmd["index"], cmd["seconds"])}
-        elif cmd["cmd"] == "report":
-            reply = pool.report(cmd.get("lo", 0), cmd.get("hi", 0), cmd.get("acked"), cmd.get("only"))
-        else:
-            pool.stop()
-            reply = {"bye": True}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
-        if "bye" in reply:
-            return
+            return {"measuring": pool.measuring}
+        if cmd["cmd"] == "pause":
+            return {"paused": pool.pause(cmd["index"], cmd["seconds"])}
+        if cmd["cmd"] == "report":
+            return pool.report(cmd.get("lo", 0), cmd.get("hi", 0), cmd.get("acked"), cmd.get("only"))
+        pool.stop()
+        return {"bye": True}
+    await serve(answer)
 
 
 def main() -> None:

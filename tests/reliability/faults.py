@@ -247,6 +247,7 @@ class Published:
     statuses: Counter[str] = field(default_factory=Counter)
     retry_after: int = 0
     next_seq: int = 0
+    slowest_refusal_s: float = 0.0  # the longest a refused publish waited for its answer
 
 
 async def publish_direct(settings: Settings, topic: str, out: Published, rate: float, seconds: float,
@@ -269,13 +270,19 @@ async def publish_direct(settings: Settings, topic: str, out: Published, rate: f
 
 
 async def publish_http(edge: Proc, out: Published, rate: float, seconds: float, topic: str | None = None) -> None:
-    """POST events to the edge at `rate`/s whatever the answers take (at most 500 in flight); 202 = acknowledged."""
+    """POST events to the edge at `rate`/s (at most 500 in flight); 202 = acknowledged.
+
+    Per subject one publish at a time, as a client that needs their order must (HTTP promises no order
+    between requests in flight at once): the next of a subject is sent once the previous one was answered.
+    """
     loop = asyncio.get_running_loop()
     params = {"topic": topic} if topic else {}
     gate = asyncio.Semaphore(500)
+    subjects = [asyncio.Lock() for _ in range(16)]
 
     async def one(http: httpx.AsyncClient, seq: int) -> None:
-        async with gate:
+        async with subjects[seq % 16], gate:
+            sent = loop.time()
             try:
                 resp = await http.post(edge.url + "/api/v1/events", json=tick(seq), params=params)
             except httpx.HTTPError as exc:
@@ -284,7 +291,9 @@ async def publish_http(edge: Proc, out: Published, rate: float, seconds: float, 
         out.statuses[str(resp.status_code)] += 1
         if resp.status_code == 202:
             out.acked.append(seq)
-        elif resp.status_code == 503 and resp.headers.get("Retry-After"):
+            return
+        out.slowest_refusal_s = max(out.slowest_refusal_s, loop.time() - sent)
+        if resp.status_code == 503 and resp.headers.get("Retry-After"):
             out.retry_after += 1
 
     limits = httpx.Limits(max_connections=500, max_keepalive_connections=50)
@@ -398,7 +407,8 @@ async def pipeline_scenario(name: str, stack: Stack, n: int, fault: Callable[[St
         rep = await settle(clients, pub.acked, 90)
     worker = [p for p in stack.procs if p.name.startswith("worker")][-1]  # the restarted one, if any
     alive = f"edge pid {edge.pid} {'alive' if edge.alive() else 'DEAD'}, worker {'alive' if worker.alive() else 'DEAD'}"
-    codes = ", ".join(f"{k}: {v}" for k, v in sorted(pub.statuses.items())) + f" ({pub.retry_after} with Retry-After)"
+    codes = ", ".join(f"{k}: {v}" for k, v in sorted(pub.statuses.items())) + \
+        f" ({pub.retry_after} with Retry-After, slowest refusal {pub.slowest_refusal_s:.1f} s)"
     ok = clean(rep) and opened == n and edge.alive() and bool(pub.acked) and worker.alive() and refusals_ok(pub)
     if not ok and not worker.alive():
         notes += f"; worker log tail: {worker.tail(600)!r}"

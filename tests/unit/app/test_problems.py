@@ -15,8 +15,8 @@ from app.durable.registry import ConnectionNotFound
 from app.fanout.filters import FilterError, parse_filter
 from app.fanout.hub import HubClosed, TooManyFilterGroups
 from app.fanout.tokens import TokenError
+from app.limits import RateLimited
 from app.problems import Problem
-from app.routes.limits import RateLimited
 from app.routes.registry import NoAssociations, RegistryRoute
 from streams import errors
 from streams.errors import RETRY_AFTER_S, StreamError

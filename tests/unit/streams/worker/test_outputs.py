@@ -6,7 +6,7 @@ import pytest
 from aiokafka import errors
 
 from streams.errors import BrokerUnavailable
-from streams.worker.writes import Output, Work, is_permanent
+from streams.worker.outputs import Output, Work, is_permanent
 
 
 @pytest.mark.parametrize("exc", [errors.MessageSizeTooLargeError(), errors.RecordListTooLargeError(),

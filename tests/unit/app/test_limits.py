@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from app import problems
-from app.routes.limits import Limits, RateLimiter, principal_key, storage_uri
+from app.limits import Limits, RateLimiter, principal_key, storage_uri
 from streams.settings import Settings
 
 
