@@ -9,6 +9,7 @@ from app import problems
 from app.auth import Authenticator, authenticate, mark_public_operations
 from app.auth.credentials import install_log_redaction
 from app.auth.guard import index_routes
+from app.auth.middleware import Authentication
 from app.lifespan import edge_lifespan
 from app.limits import RateLimiter
 from app.observe import HttpFigures, HttpMetrics, edge_registry
@@ -27,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Publish events to Kafka as Avro; stream them back over Server-Sent Events.",
         lifespan=edge_lifespan(settings),
-        # Every route asks for a credential unless app.auth.guard.PUBLIC_PATHS lists it.
+        # Every route asks for a credential unless app.auth.guard.PUBLIC_PATHS lists it: checked by the
+        # Authentication middleware before any body is read; the dependency reads its principal back.
         dependencies=[Depends(authenticate)],
         swagger_ui_parameters={"persistAuthorization": True},
     )
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     mark_public_operations(app)
     problems.install(app)
     app.state.limiter = RateLimiter(settings)  # rate limits per principal (app/limits.py)
+    app.add_middleware(Authentication)  # inside the size limits: 431/413 first, then the credential
     app.add_middleware(RequestSizeLimit, max_header_bytes=settings.http_max_header_bytes,
                        max_body_bytes=settings.http_max_body_bytes)
     # Observability (app/observe/): HTTP figures counted outermost, read with the hub's at scrape time.

@@ -1,9 +1,12 @@
 """The edge's one credential check and its authorization helpers.
 
-`authenticate` is an app-level dependency (app.main), so every route asks for a credential unless its
-path is on `PUBLIC_PATHS`, the one public list; a test walks the app's route table to prove it. The
-principal is kept as `request.state.principal` (rate limits key on its `sub`). Routes then ask for
-`admin` (`AdminOnly`) or check topics against `subscribe:`/`publish:` scopes (`check_topics`).
+Every route asks for a credential unless its path is on `PUBLIC_PATHS`, the one public list; a test walks
+the app's route table to prove it. The check (`principal_of`) runs in the `Authentication` middleware
+(app/auth/middleware.py), before a route reads its body, so a request without a credential gets 401
+whatever it sends. The principal is kept as `request.state.principal` (rate limits key on its `sub`);
+`authenticate`, the app-level dependency, reads it back (and checks by itself in an app without the
+middleware). Routes then ask for `admin` (`AdminOnly`) or check topics against `subscribe:`/`publish:`
+scopes (`check_topics`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.routing import iter_route_contexts
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from app.auth.authenticator import Authenticator
 from app.auth.credentials import API_KEY_HEADER, find_credential
@@ -47,8 +52,9 @@ def index_routes(app: FastAPI) -> None:
 
     A route knows only its path within its router, not the prefix it was included under, so the full
     template (the key of the public list) is looked up by endpoint, from the app's own route table."""
-    app.state.route_paths = {route.endpoint: route.path for route in iter_route_contexts(app.routes)
-                             if route.endpoint is not None and route.path is not None}
+    contexts = [route for route in iter_route_contexts(app.routes) if route.path is not None]
+    app.state.route_paths = {route.endpoint: route.path for route in contexts if route.endpoint is not None}
+    app.state.route_contexts = contexts  # in the router's order, for `match_route` (before routing)
 
 
 def route_path(request: Request) -> str:
@@ -57,29 +63,50 @@ def route_path(request: Request) -> str:
     return str(request.app.state.route_paths.get(endpoint, request.url.path))
 
 
+def match_route(app: FastAPI, scope: Scope) -> tuple[str, BaseRoute] | None:
+    """Return the full path template and route a request will reach, before routing runs (None: no route, a 404).
+
+    As the router does, a route matching path and method wins over one matching the path only (a 405)."""
+    partial = None
+    for route in getattr(app.state, "route_contexts", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(route.path), route.original_route
+        if match is Match.PARTIAL and partial is None:
+            partial = str(route.path), route.original_route
+    return partial
+
+
+async def principal_of(app: FastAPI, scope: Scope, path: str) -> Principal:
+    """Return the principal of a request to the non-public route `path` (Unauthenticated when there is none)."""
+    authenticator: Authenticator = app.state.authenticator
+    if not authenticator.enabled:
+        # ES_AUTH=off: everyone is admin; one principal per client address, so rate limits stay per client.
+        client = scope.get("client")
+        host = client[0] if client else "unknown"
+        return Principal(f"anonymous@{host}", ANONYMOUS_ADMIN.scopes, None, "off")
+    credential = find_credential(Request(scope), query_allowed=path in QUERY_TOKEN_PATHS)
+    return await authenticator.authenticate(credential)
+
+
 async def authenticate(
     request: Request,
     _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)] = None,
     _api_key: Annotated[str | None, Security(api_key_scheme)] = None,
 ) -> Principal | None:
-    """Set `request.state.principal` from the request's credential (401 problem when it is not valid)."""
+    """Return the principal the Authentication middleware found, checking here when it did not run."""
     path = route_path(request)
     if path in PUBLIC_PATHS:
         return None
-    authenticator: Authenticator = request.app.state.authenticator
-    if not authenticator.enabled:
-        # ES_AUTH=off: everyone is admin; one principal per client address, so rate limits stay per client.
-        host = request.client.host if request.client else "unknown"
-        principal = Principal(f"anonymous@{host}", ANONYMOUS_ADMIN.scopes, None, "off")
-    else:
-        credential = find_credential(request, query_allowed=path in QUERY_TOKEN_PATHS)
-        principal = await authenticator.authenticate(credential)
-    request.state.principal = principal
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:  # an app without the middleware (or a route it did not foresee): fail closed
+        principal = await principal_of(request.app, request.scope, path)
+        request.state.principal = principal
     return principal
 
 
 def current_principal(request: Request) -> Principal:
-    """Return the principal `authenticate` found (it runs first: it is the app's own dependency)."""
+    """Return the principal authentication found (the middleware, or `authenticate`: the app's own dependency)."""
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:  # an app without the dependency: fail closed
         raise Unauthenticated("missing credential: this route was reached without authentication")

@@ -26,6 +26,9 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 INTERVAL_S = 5.0
+# Listing every topic is one metadata response for the whole cluster, decoded on the event loop (67 ms for
+# 2,138 topics here): the names are refreshed this seldom, the few topics shown are described every sample.
+NAMES_INTERVAL_S = 60.0
 MAX_TOPICS = 50  # watermarks of at most this many topics (the service's, then the others by name)
 WORKER_FAMILIES = ("eventstream_pipeline_records", "eventstream_dlq_records", "eventstream_worker_lag_records",
                    "eventstream_worker_assigned_partitions")
@@ -46,6 +49,8 @@ class KafkaWatch(clients.AdminSession):
         self._dlq: deque[tuple[float, int]] = deque()  # (time, DLQ records), over health_dlq_window_s
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._names: list[str] = []
+        self._names_at = 0.0
 
     async def run(self) -> None:
         """Start sampling every INTERVAL_S (connecting when Kafka answers)."""
@@ -95,7 +100,10 @@ class KafkaWatch(clients.AdminSession):
         started = time.perf_counter()
         try:
             await self.start()
-            await asyncio.wait_for(self._client().list_topics(), self.settings.ready_timeout_s)
+            # A metadata request for the service's own topics: small, unlike listing the whole cluster.
+            s = self.settings
+            await asyncio.wait_for(self._client().describe_topics([s.ingress_topic, s.default_topic, s.dlq_topic]),
+                                   s.ready_timeout_s)
         except (TimeoutError, KafkaError, StreamError, OSError) as exc:
             reason = f"no answer within {self.settings.ready_timeout_s:g} s" if isinstance(exc, TimeoutError) \
                 else str(exc)
@@ -112,7 +120,10 @@ class KafkaWatch(clients.AdminSession):
 
     async def _sample_topics(self) -> None:
         s = self.settings
-        names = sorted(set(await self._client().list_topics()))
+        if not self._names or time.monotonic() - self._names_at > NAMES_INTERVAL_S:
+            self._names = sorted(set(await self._client().list_topics()))
+            self._names_at = time.monotonic()
+        names = self._names
         service = [s.ingress_topic, s.default_topic, s.dlq_topic]
         others = [t for t in names if t not in service and not s.is_internal(t)]
         chosen = [t for t in service if t in names] + others[:MAX_TOPICS - len(service)]

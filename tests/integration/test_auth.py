@@ -15,7 +15,7 @@ import pytest
 
 from app.subscriber_client import Subscription
 from streams.kafka.producer import EventProducer
-from tests.auth_helpers import bearer, token
+from tests.auth_helpers import anonymous, bearer, token
 from tests.conftest import unique
 from tests.integration.conftest import Proc
 from tests.integration.stream_helpers import SSEClient, assert_exact, private_settings, publish_seq, start_edge
@@ -118,6 +118,20 @@ async def test_bad_credentials_get_401_saying_why(edge: Any) -> None:
                      headers={"Authorization": "Bearer " + token(ttl_s=-60)})
     assert resp.status_code == 401  # the header wins over the query parameter
     assert httpx.get(proc.url + "/healthz", headers={}).status_code == 200
+
+
+async def test_credential_is_checked_before_the_body_is_parsed(edge: Any) -> None:
+    proc, _ = edge
+    body, json_type = b'{"source": "/x", ', {"content-type": "application/json"}
+    with anonymous():
+        for path in ("/api/v1/events", "/api/v1/events/batch", "/api/v1/topics", "/api/v1/connections"):
+            resp = httpx.post(proc.url + path, content=body, headers=json_type)
+            assert resp.status_code == 401, (path, resp.text)
+            assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    admin = {**json_type, **bearer(token())}
+    events = httpx.post(proc.url + "/api/v1/events", content=body, headers=admin)
+    assert events.status_code == 400 and events.json()["title"] == "Malformed JSON"  # the route reads its body
+    assert httpx.post(proc.url + "/api/v1/topics", content=body, headers=admin).status_code == 422
 
 
 async def test_connections_belong_to_their_creator(edge: Any, new_topic: Any) -> None:

@@ -266,9 +266,14 @@ async def test_a_real_prometheus_scrapes_edge_and_worker(stack: dict[str, Any], 
             result = await wait_for(scraped, timeout=60)
             assert result, prom.log()[-3000:]
             assert result[0]["metric"]["job"] == "eventstream-edge"
-            up = (await http.get("/api/v1/query", params={"query": "up"})).json()["data"]["result"]
-            assert {r["metric"]["job"]: r["value"][1] for r in up} == {"eventstream-edge": "1",
-                                                                        "eventstream-worker": "1"}
+            # The two jobs are scraped at their own moments: wait until each has been scraped once.
+            async def both_up() -> dict[str, str] | None:
+                up = (await http.get("/api/v1/query", params={"query": "up"})).json()["data"]["result"]
+                jobs = {r["metric"]["job"]: r["value"][1] for r in up}
+                return jobs if len(jobs) == 2 else None
+
+            jobs = await wait_for(both_up, timeout=60)
+            assert jobs == {"eventstream-edge": "1", "eventstream-worker": "1"}, prom.log()[-3000:]
     finally:
         await client.close()
         prom.stop()

@@ -8,14 +8,15 @@ import re
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from app.auth import PUBLIC_PATHS, AuthConfigError
+from app import problems
+from app.auth import PUBLIC_PATHS, AuthConfigError, Authenticator, CurrentPrincipal, authenticate
 from app.auth.credentials import install_log_redaction
-from app.auth.guard import QUERY_TOKEN_PATHS
+from app.auth.guard import QUERY_TOKEN_PATHS, index_routes
 from app.main import create_app
 from streams.settings import Settings
 from tests.auth_helpers import TEST_SECRET, bearer, token
@@ -75,6 +76,50 @@ def test_every_non_public_route_answers_401_without_a_credential(method: str, pa
     assert resp.headers["content-type"] == "application/problem+json"
     assert 'error="invalid_token"' in resp.headers["www-authenticate"]
     assert "missing credential" in resp.json()["detail"]
+
+
+WITH_BODY = [r for r in PROTECTED if r[0] in ("POST", "PUT", "PATCH")]
+MALFORMED = {"content": b'{"topic": "t", ', "headers": {"content-type": "application/json"}}
+
+
+@pytest.mark.parametrize(("method", "path"), WITH_BODY)
+def test_credential_is_checked_before_a_malformed_body_is_parsed(method: str, path: str) -> None:
+    resp = call(method, path, **MALFORMED)
+    assert resp.status_code == 401, resp.text
+    assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    assert "missing credential" in resp.json()["detail"]
+
+
+def test_malformed_body_with_a_valid_credential_is_still_refused_by_its_route() -> None:
+    # /api/v1/events reads its own body (400 Malformed JSON): tests/integration/test_auth.py, on a started edge.
+    headers = {"content-type": "application/json", **bearer(token())}
+    resp = call("POST", "/api/v1/topics", content=MALFORMED["content"], headers=headers)
+    assert resp.status_code == 422 and "JSON decode error" in resp.json()["detail"]
+
+
+def test_registry_routes_answer_401_with_the_confluent_error_code() -> None:
+    resp = call("POST", "/api/v1/registry/subjects/s/versions", **MALFORMED)
+    assert resp.status_code == 401 and resp.json()["error_code"] == 401
+
+
+def test_wrong_method_on_a_protected_path_asks_for_a_credential_first() -> None:
+    assert call("PATCH", "/api/v1/topics").status_code == 401
+    assert call("PATCH", "/api/v1/topics", headers=bearer(token())).status_code == 405
+    assert call("GET", "/no/such/route").status_code == 404  # no route: nothing to protect
+
+
+def test_an_app_without_the_middleware_is_still_guarded_by_the_dependency() -> None:
+    app = FastAPI(dependencies=[Depends(authenticate)])
+    app.state.authenticator = Authenticator.from_settings(SETTINGS)
+    problems.install(app)
+
+    @app.post("/who")
+    async def who(principal: CurrentPrincipal) -> str:
+        return principal.sub
+
+    index_routes(app)
+    assert client(app).post("/who").status_code == 401
+    assert client(app).post("/who", headers=bearer(token("carol"))).json() == "carol"
 
 
 @pytest.mark.parametrize("path", sorted(PUBLIC_PATHS))
@@ -160,6 +205,16 @@ def test_cors_gives_credentials_to_listed_origins_only() -> None:
     assert ok.headers["access-control-allow-credentials"] == "true"
     other = client(app).options("/api/v1/topics", headers={"Origin": "https://evil.example", **preflight})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_cors_preflight_needs_no_credential_and_401s_carry_cors_headers() -> None:
+    app = create_app(Settings(auth_jwt_secret=TEST_SECRET, cors_origins="https://dash.example"))
+    origin = {"Origin": "https://dash.example"}
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = client(app).options("/api/v1/events", headers={**origin, **preflight})
+    assert ok.status_code == 200 and "authorization" in ok.headers["access-control-allow-headers"].lower()
+    refused = client(app).post("/api/v1/events", content=MALFORMED["content"], headers=origin)
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "https://dash.example"
 
 
 def test_openapi_declares_bearer_and_api_key_for_the_authorize_button() -> None:
