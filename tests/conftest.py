@@ -6,9 +6,11 @@ otherwise the local KRaft broker from infra/kafka (started once, stopped at the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -118,6 +120,14 @@ async def new_topic(admin: object) -> Callable[..., object]:
     async def make(partitions: int = 3, prefix: str = "t") -> str:
         name = unique(prefix)
         await admin.create_topics([NewTopic(name, partitions, 1)])  # type: ignore[attr-defined]
+        # CreateTopics answers before every broker's metadata cache has the topic (KRaft publishes it
+        # a moment later): wait until metadata shows all its partitions, so a test's first publish finds it.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            [described] = await admin.describe_topics([name])  # type: ignore[attr-defined]
+            if described["error_code"] == 0 and len(described["partitions"]) == partitions:
+                break
+            await asyncio.sleep(0.1)
         return name
 
     return make
