@@ -248,6 +248,14 @@ class Published:
     retry_after: int = 0
     next_seq: int = 0
     slowest_refusal_s: float = 0.0  # the longest a refused publish waited for its answer
+    slowest_ack_s: float = 0.0  # the longest an acknowledged publish waited for its 202
+    acked_at: list[float] = field(default_factory=list)  # when each 202 arrived (loop time)
+
+    def longest_stall_s(self) -> float:
+        """Return the longest a publish waited for its 202, or the longest gap between two 202s if longer."""
+        times = sorted(self.acked_at)
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        return max([self.slowest_ack_s, *gaps])
 
 
 async def publish_direct(settings: Settings, topic: str, out: Published, rate: float, seconds: float,
@@ -291,6 +299,8 @@ async def publish_http(edge: Proc, out: Published, rate: float, seconds: float, 
         out.statuses[str(resp.status_code)] += 1
         if resp.status_code == 202:
             out.acked.append(seq)
+            out.acked_at.append(loop.time())
+            out.slowest_ack_s = max(out.slowest_ack_s, loop.time() - sent)
             return
         out.slowest_refusal_s = max(out.slowest_refusal_s, loop.time() - sent)
         if resp.status_code == 503 and resp.headers.get("Retry-After"):
@@ -408,7 +418,8 @@ async def pipeline_scenario(name: str, stack: Stack, n: int, fault: Callable[[St
     worker = [p for p in stack.procs if p.name.startswith("worker")][-1]  # the restarted one, if any
     alive = f"edge pid {edge.pid} {'alive' if edge.alive() else 'DEAD'}, worker {'alive' if worker.alive() else 'DEAD'}"
     codes = ", ".join(f"{k}: {v}" for k, v in sorted(pub.statuses.items())) + \
-        f" ({pub.retry_after} with Retry-After, slowest refusal {pub.slowest_refusal_s:.1f} s)"
+        f" ({pub.retry_after} with Retry-After, slowest refusal {pub.slowest_refusal_s:.1f} s, slowest 202 " \
+        f"{pub.slowest_ack_s:.1f} s, longest publish stall {pub.longest_stall_s():.1f} s)"
     ok = clean(rep) and opened == n and edge.alive() and bool(pub.acked) and worker.alive() and refusals_ok(pub)
     if not ok and not worker.alive():
         notes += f"; worker log tail: {worker.tail(600)!r}"
