@@ -58,7 +58,7 @@ $(JARS): infra/kafka/pom.xml
 run: install
 	@$(PYBIN) infra/run.py
 
-test: install browser promtool
+test: install browser promtool redis
 	@$(PYBIN) -m pytest
 
 test-unit: install
