@@ -14,7 +14,7 @@ from app.lifespan import edge_lifespan
 from app.limits import RateLimiter
 from app.observe import HttpFigures, HttpMetrics, edge_registry
 from app.request_size import RequestSizeLimit
-from app.routes import connections, dashboard, dlq, events, health, metrics, monitor, routing, stats, stream, topics
+from app.routes import connections, dlq, events, health, metrics, monitor, routing, stream, topics
 from app.routes.registry import router as registry_router
 from streams.settings import Settings, get_settings
 
@@ -54,13 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                            "WWW-Authenticate"])
     app.include_router(metrics.router)
     app.include_router(monitor.router)
-    app.include_router(dashboard.router)
+    app.include_router(monitor.dashboard_router)
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(topics.router)
     app.include_router(connections.router)
     app.include_router(stream.router)
-    app.include_router(stats.router)
+    app.include_router(monitor.stats_router)
     app.include_router(routing.router)
     app.include_router(dlq.router)
     app.include_router(registry_router, prefix="/api/v1/registry", tags=["schema registry"])
