@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streams.errors import ValidationFailed
 
 EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
-# CloudEvents context attributes that never go into `extensions`.
+# CloudEvents context attributes (and `recipients`) that never go into `extensions`.
 CORE = {"id", "source", "type", "subject", "time", "datacontenttype", "data", "data_base64", "tags",
-        "extensions", "specversion"}
+        "extensions", "specversion", "recipients"}
+MAX_RECIPIENTS = 100  # entries of `recipients`
+MAX_RECIPIENT_CHARS = 256  # characters per entry (a JWT `sub` or a durable connection id)
 
 
 def is_json_type(content_type: str) -> bool:
@@ -40,12 +42,30 @@ class Event(BaseModel):
     data_base64: str | None = None
     tags: list[str] = Field(default_factory=list)
     extensions: dict[str, str] = Field(default_factory=dict)
+    # Targeted delivery: only streams of these principals (JWT `sub`) or durable connection ids get the event.
+    recipients: list[str] | None = Field(
+        default=None, max_length=MAX_RECIPIENTS,
+        description="Targeted delivery: only streams of these principals (JWT `sub`) or durable connection ids "
+                    f"receive the event, and history shows it only to them and to admin (1-{MAX_RECIPIENTS} "
+                    f"entries of 1-{MAX_RECIPIENT_CHARS} characters). Leave it out to send to every subscriber.")
     specversion: str = "1.0"
 
     @field_validator("time")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("recipients must not be empty; leave it out to send the event to every subscriber")
+        for name in value:
+            if not name or len(name) > MAX_RECIPIENT_CHARS:
+                raise ValueError(f"each recipient must be 1-{MAX_RECIPIENT_CHARS} characters, got {len(name)}")
+        return list(dict.fromkeys(value))  # duplicates dropped, order kept
 
     @field_validator("specversion")
     @classmethod
@@ -99,6 +119,7 @@ class Event(BaseModel):
             "data": data,
             "tags": list(self.tags),
             "extensions": dict(self.extensions),
+            "recipients": None if self.recipients is None else list(self.recipients),
         }
 
 
@@ -135,6 +156,8 @@ def record_to_json(record: dict[str, Any]) -> dict[str, Any]:
         "tags": record.get("tags") or [],
         "extensions": record.get("extensions") or {},
     }
+    if record.get("recipients") is not None:  # only targeted events carry the key (records of schema v1 never do)
+        out["recipients"] = list(record["recipients"])
     if isinstance(data, bytes):
         out["data_base64"] = base64.b64encode(data).decode()
     elif data is not None and is_json_type(out["datacontenttype"]):

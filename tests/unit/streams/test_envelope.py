@@ -65,3 +65,24 @@ def test_binary_data_round_trips_as_base64() -> None:
 def test_data_and_data_base64_together_are_refused() -> None:
     with pytest.raises(ValidationFailed, match="either data or data_base64"):
         parse_event({"source": "/s", "type": "t", "data": 1, "data_base64": "AA=="})
+
+
+def test_recipients_travel_through_the_record_and_back() -> None:
+    event = parse_event({"source": "/s", "type": "t", "recipients": ["alice", "c0ffee", "alice"]})
+    assert event.recipients == ["alice", "c0ffee"]  # duplicates dropped
+    assert record_to_json(event.to_record())["recipients"] == ["alice", "c0ffee"]
+
+
+def test_an_event_without_recipients_has_no_recipients_key() -> None:
+    record = parse_event({"source": "/s", "type": "t"}).to_record()
+    assert record["recipients"] is None and "recipients" not in record_to_json(record)
+
+
+@pytest.mark.parametrize(("recipients", "field"), [
+    ([], "recipients"), ([""], "recipients"), (["x" * 257], "recipients"), ("alice", "recipients"),
+    ([f"p{i}" for i in range(101)], "recipients"), ([7], "recipients.0"),
+], ids=["empty-list", "empty-name", "name-too-long", "not-a-list", "too-many", "not-text"])
+def test_bad_recipients_are_refused_naming_the_field(recipients: object, field: str) -> None:
+    with pytest.raises(ValidationFailed) as info:
+        parse_event({"source": "/s", "type": "t", "recipients": recipients})
+    assert info.value.field == field and info.value.status == 422

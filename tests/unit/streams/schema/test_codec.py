@@ -32,7 +32,7 @@ class Source:
 def record(**over: object) -> dict[str, object]:
     base: dict[str, object] = {"id": "e1", "source": "/s", "type": "t.x", "subject": None, "time": T0,
                                "datacontenttype": "application/json", "data": '{"a":1}', "tags": ["x"],
-                               "extensions": {"k": "v"}}
+                               "extensions": {"k": "v"}, "recipients": None}
     base.update(over)
     return base
 
@@ -46,14 +46,14 @@ def test_encode_writes_magic_byte_and_schema_id_then_avro() -> None:
     # Avro: strings are zigzag length + bytes; union index 0 (null) for subject; long for time.
     assert data[5:11] == b"\x02a\x02b\x02c"
     assert data[11:12] == b"\x00"  # subject: null branch
-    assert data.endswith(b"\x00\x00\x00")  # data null, empty tags, empty extensions
+    assert data.endswith(b"\x00\x00\x00\x00")  # data null, empty tags, empty extensions, recipients null
     assert codec.decode(data)["time"] == T0 and micros > 0
 
 
 def test_decode_round_trips_every_attribute() -> None:
     codec = AvroCodec.from_file(ENVELOPE)
     codec.bind(1)
-    rec = record(subject="job-1", data=b"\x00\xff")
+    rec = record(subject="job-1", data=b"\x00\xff", recipients=["alice", "conn-1"])
     assert codec.decode(codec.encode(rec)) == rec
 
 
@@ -124,3 +124,28 @@ async def test_decode_async_asks_the_source_for_unknown_ids() -> None:
     codec = AvroCodec.from_file(ENVELOPE, Source({}))
     with pytest.raises(UnknownSchema):
         await codec.decode_async(b"\x00\x00\x00\x00\x05\x02a")
+
+
+ENVELOPE_V1 = ROOT / "tests" / "fixtures" / "envelope-v1.avsc"  # the envelope before `recipients` (git history)
+
+
+def test_records_of_the_envelope_before_recipients_decode_with_recipients_null() -> None:
+    old = load_schema_text(ENVELOPE_V1)
+    writer = AvroCodec(old)
+    writer.bind(1)
+    rec = record()
+    del rec["recipients"]
+    reader = AvroCodec.from_file(ENVELOPE, Source({1: old}))
+    reader.bind(2)
+    decoded = reader.decode(writer.encode(rec))
+    assert decoded == {**rec, "recipients": None}
+
+
+def test_the_envelope_before_recipients_reads_records_that_name_recipients() -> None:
+    old = load_schema_text(ENVELOPE_V1)
+    writer = AvroCodec.from_file(ENVELOPE)
+    writer.bind(2)
+    reader = AvroCodec(old, Source({2: load_schema_text(ENVELOPE)}))
+    reader.bind(1)
+    decoded = reader.decode(writer.encode(record(recipients=["alice"])))
+    assert "recipients" not in decoded and decoded["id"] == "e1"  # an old worker forwards the bytes unchanged

@@ -125,3 +125,14 @@ def test_check_level_accepts_any_case_and_refuses_unknown_levels() -> None:
     assert check_level("full_transitive") == "FULL_TRANSITIVE"
     with pytest.raises(InvalidCompatibilityLevel, match="must be one of"):
         check_level("SIDEWAYS")
+
+
+@pytest.mark.parametrize("level", ["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FULL", "FULL_TRANSITIVE"])
+def test_envelope_with_recipients_is_compatible_with_the_envelope_before_it(level: str) -> None:
+    from streams.schema.codec import load_schema_text
+    from streams.settings import ROOT
+
+    old = load_schema_text(ROOT / "tests" / "fixtures" / "envelope-v1.avsc")
+    new = load_schema_text(ROOT / "schemas" / "envelope.avsc")
+    assert "recipients" in new and "recipients" not in old
+    assert check(new, level, old) == []
