@@ -16,6 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.directory import Endpoints
+from app.directory.control import Control
+from app.directory.presence import Presence, edge_id
 from app.durable.registry import Connections
 from app.fanout.hub import Hub
 from app.observe.watch import KafkaWatch
@@ -32,7 +35,7 @@ MAX_BACKOFF_S = 5.0
 
 
 class Services:
-    """Registry, topics, producer, durable connections, hub and DLQ store of one edge process."""
+    """Registry, topics, producer, durable connections, named endpoints, hub and DLQ store of one edge process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -40,7 +43,11 @@ class Services:
         self.topics = TopicManager(settings)
         self.producer = EventProducer(settings, registry=self.registry)
         self.connections = Connections(settings, self.topics)
+        self.endpoints = Endpoints(settings, self.topics)  # named endpoints, read by every edge
         self.hub = Hub(settings, self.registry, self.topics)  # SSE fan-out
+        self.edge = edge_id(settings)  # this process among the edges (stream admin, /api/v1/stats)
+        self.presence = Presence(settings, self.hub.streams, self.edge)  # every edge's open streams
+        self.control = Control(settings, self.topics, self.hub.streams, self.edge)  # disconnects across edges
         self.dead_letters = DeadLetterStore(settings, self.producer.codec)
         self.ready = asyncio.Event()
         self.last_error: str | None = "connecting to Kafka"
@@ -49,7 +56,8 @@ class Services:
 
     def components(self) -> list[AbstractAsyncContextManager[Any]]:
         """Return the components in start order; stop() closes them in reverse."""
-        return [self.registry, self.topics, self.producer, self.connections, self.hub, self.dead_letters]
+        return [self.registry, self.topics, self.producer, self.connections, self.endpoints, self.hub,
+                self.presence, self.control, self.dead_letters]
 
     async def start(self) -> None:
         """Begin connecting in the background (readiness stays 503 until every component is up)."""

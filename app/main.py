@@ -14,8 +14,9 @@ from app.lifespan import edge_lifespan
 from app.limits import RateLimiter
 from app.observe import HttpFigures, HttpMetrics, edge_registry
 from app.request_size import RequestSizeLimit
-from app.routes import connections, dlq, events, health, metrics, monitor, routing, stream, topics
+from app.routes import connections, dlq, endpoints, events, health, metrics, monitor, routing, stream, topics
 from app.routes.registry import router as registry_router
+from app.routes.stream_admin import router as stream_admin_router
 from streams.settings import Settings, get_settings
 
 
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=not wildcard,
                            allow_methods=["*"], allow_headers=["*"], max_age=600,
                            expose_headers=["Location", "Retry-After", "RateLimit", "RateLimit-Policy",
-                                           "WWW-Authenticate"])
+                                           "WWW-Authenticate", "ES-Stream-Id"])
     app.include_router(metrics.router)
     app.include_router(monitor.router)
     app.include_router(monitor.dashboard_router)
@@ -59,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(topics.router)
     app.include_router(connections.router)
+    app.include_router(endpoints.router)
     app.include_router(stream.router)
+    app.include_router(stream_admin_router)
     app.include_router(monitor.stats_router)
     app.include_router(routing.router)
     app.include_router(dlq.router)

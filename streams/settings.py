@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     connection_ttl_s: float = Field(7 * 24 * 3600, gt=0)
     connection_commit_interval_ms: int = Field(500, ge=10)
     connection_sweep_interval_s: float = Field(60, gt=0)
+    # Shared connections (mode=shared): concurrent streams of one connection, cluster-wide, before 409; and the
+    # group session of each stream's consumer (ms; a stream whose edge died hands its partitions over after it).
+    connection_max_members: int = Field(16, ge=1, le=1000)
+    connection_member_session_timeout_ms: int = Field(10_000, ge=6_000, le=300_000)
     # Where the Avro schemas live (schema files are the source of truth).
     schemas_dir: Path = ROOT / "schemas"
 
@@ -133,6 +137,15 @@ class Settings(BaseSettings):
     http_backlog: int = Field(4096, ge=64)
     # HMAC key of resume tokens and history cursors: set the same value on every edge process.
     stream_token_secret: SecretStr = Field(SecretStr("eventstream-dev-token-secret"), min_length=16)
+    # Stream admin (app/directory/): each edge publishes its open streams to a compacted presence topic every
+    # `presence_interval_s` (s); an entry not refreshed for `presence_stale_s` (s) is an edge that died without
+    # its tombstone (kill -9) and is left out of listings. At most `presence_max_streams` streams per edge are
+    # listed (the newest); the others are counted. A DELETE waits up to `stream_disconnect_wait_s` (s) for the
+    # holding edge's confirmation, then answers 202.
+    presence_interval_s: float = Field(2.0, gt=0, le=60)
+    presence_stale_s: float = Field(10.0, gt=0)
+    presence_max_streams: int = Field(1000, ge=1, le=5000)
+    stream_disconnect_wait_s: float = Field(3.0, ge=0, le=30)
 
     # --- Security of the edge (app/auth/): who may call it, and what each principal may do ---
     # "on" (the default) asks every route but the public ones for a credential; "off" serves everyone
@@ -252,6 +265,13 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _presence_times(self) -> Settings:
+        if self.presence_stale_s <= self.presence_interval_s:
+            raise ValueError(f"presence_stale_s ({self.presence_stale_s}) must exceed presence_interval_s "
+                             f"({self.presence_interval_s}), or every edge's entry would look stale between writes")
+        return self
+
+    @model_validator(mode="after")
     def _internal_topics_differ(self) -> Settings:
         names = [self.ingress_topic, self.dlq_topic, self.schemas_topic]
         if len(set(names)) != len(names):
@@ -269,6 +289,21 @@ class Settings(BaseSettings):
     def connections_topic(self) -> str:
         """Return the compacted topic holding durable connection definitions."""
         return f"{self.topic_prefix}.internal.connections"
+
+    @property
+    def endpoints_topic(self) -> str:
+        """Return the compacted topic holding named endpoints (a name and a filter), read by every edge."""
+        return f"{self.topic_prefix}.internal.endpoints"
+
+    @property
+    def presence_topic(self) -> str:
+        """Return the compacted topic where each edge lists its open streams (keyed by edge id)."""
+        return f"{self.topic_prefix}.internal.stream-presence"
+
+    @property
+    def stream_control_topic(self) -> str:
+        """Return the topic of stream-admin commands (disconnect) and their confirmations, read by every edge."""
+        return f"{self.topic_prefix}.internal.stream-control"
 
     @property
     def connection_group_prefix(self) -> str:

@@ -37,6 +37,7 @@ PUBLIC_PATHS = frozenset({
 # SSE routes, where `?access_token=` is accepted too (a cross-origin EventSource sends no headers).
 QUERY_TOKEN_PATHS = frozenset({
     "/api/v1/events/stream", "/api/v1/connections/{conn_id}/stream", "/api/v1/stats/stream",
+    "/api/v1/endpoints/{name}/stream",
 })
 
 # Declared for the OpenAPI document, so /docs has an Authorize button; the values are read by

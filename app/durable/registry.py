@@ -1,6 +1,7 @@
 """Durable connections: a client's filter and options kept in a compacted topic, and its position kept
 as the committed offsets of a consumer group of its own, so it can resume from any edge process
-after minutes or days, with or without Last-Event-ID.
+after minutes or days, with or without Last-Event-ID. An exclusive connection has one live stream (a new one
+takes over); the streams of a shared one split its partitions as members of that group (app/durable/shared.py).
 
 The position is also copied into the definition (at create, while streaming and at release): the
 broker purges a group's offsets `offsets.retention.minutes` after its last commit, which can come
@@ -22,11 +23,11 @@ from typing import Any, Literal
 from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.durable.shared import GroupMembers
 from app.fanout.filters import EventFilter
 from app.fanout.tokens import STREAM, check_room
 from streams.envelope import iso
 from streams.errors import StreamError
-from streams.kafka.group_offsets import GroupOffsets
 from streams.kafka.table import CompactedTable
 from streams.kafka.topics import TopicManager
 from streams.settings import Settings
@@ -34,6 +35,7 @@ from streams.supervise import supervise
 
 log = logging.getLogger(__name__)
 Status = Literal["connecting", "connected", "disconnected", "error"]
+Mode = Literal["exclusive", "shared"]
 Offsets = dict[TopicPartition, int]
 
 
@@ -66,7 +68,8 @@ class ConnectionOptions(BaseModel):
     maxRetries: int = Field(10, ge=0, le=1_000, description="client reconnect attempts (advice to clients)")
     retryDelay: int = Field(1_000, ge=0, le=600_000, description="ms; sent to the client as SSE retry:")
     compression: bool = Field(False, description="gzip or brotli, as the client accepts")
-    batchSize: int = Field(100, ge=1, le=10_000, description="events per write")
+    batchSize: int = Field(100, ge=1, le=10_000, description="events per socket write while catching up or "
+                           "replaying (live events go out as they come)")
     bufferMaxSize: int = Field(1_000, ge=1, le=100_000, description="events buffered before catch-up")
 
 
@@ -78,6 +81,8 @@ class ConnectionSpec(BaseModel):
     filter: EventFilter = Field(default_factory=EventFilter)
     options: ConnectionOptions = Field(default_factory=ConnectionOptions)
     start: Literal["latest", "earliest"] | datetime = "latest"
+    mode: Mode = Field("exclusive", description="exclusive: one live stream, a new one takes over; shared: every "
+                                                "stream, on any edge, gets a disjoint share of the partitions")
     owner: str | None = Field(None, max_length=256, description="free text about who created it, kept as `label`; "
                                                                  "the connection belongs to the creator's `sub`")
 
@@ -89,8 +94,9 @@ class Connections:
         self.settings = settings
         self.topics = topics
         self.table = CompactedTable(settings, settings.connections_topic)
-        self.groups = GroupOffsets(settings)
+        self.groups = GroupMembers(settings)
         self.live: dict[str, dict[str, Any]] = {}  # id -> runtime state of a stream on this process
+        self.shared: dict[str, dict[str, Callable[[str], None]]] = {}  # id -> shared streams here -> their close
         self._takeover: dict[str, Callable[[str], None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -146,12 +152,12 @@ class Connections:
         definition = {
             "id": conn_id, "filter": spec.filter.model_dump(exclude_none=True), "options": spec.options.model_dump(),
             "start": spec.start if isinstance(spec.start, str) else iso(spec.start), "owner": owner,
-            "label": spec.owner, "created_at": now, "last_seen_at": now, "events_delivered": 0,
+            "label": spec.owner, "mode": spec.mode, "created_at": now, "last_seen_at": now, "events_delivered": 0,
             "last_event_time": None, "stream": None,
             "position": offsets_to_json(offsets),
         }
         await self.table.put(conn_id, definition)
-        log.info("Created connection %s (group %s).", conn_id, self.group_id(conn_id))
+        log.info("Created %s connection %s (group %s).", spec.mode, conn_id, self.group_id(conn_id))
         return definition
 
     def get(self, conn_id: str) -> dict[str, Any]:
@@ -164,6 +170,11 @@ class Connections:
     def filter_of(self, conn_id: str) -> EventFilter:
         """Return the connection's filter."""
         return EventFilter.model_validate(self.get(conn_id)["filter"])
+
+    def mode_of(self, conn_id: str) -> Mode:
+        """Return the connection's mode (connections made before modes existed are exclusive)."""
+        mode: Mode = self.get(conn_id).get("mode", "exclusive")
+        return mode
 
     def options_of(self, conn_id: str) -> ConnectionOptions:
         """Return the connection's options."""
@@ -218,14 +229,36 @@ class Connections:
         definition = self.get(conn_id)
         tps = await self.layout(EventFilter.model_validate(definition["filter"]))
         lag = await self.groups.lag(self.group_id(conn_id), tps)
+        if definition.get("mode") == "shared":
+            return await self._shared_status(conn_id, definition, lag)
         live = self.live.get(conn_id)
         status: Status = live["status"] if live else "disconnected"
         return {
-            "id": conn_id, "filter": definition["filter"], "options": definition["options"], "status": status,
+            "id": conn_id, "mode": "exclusive", "filter": definition["filter"], "options": definition["options"],
+            "status": status,
             "owner": definition.get("owner"), "created_at": definition["created_at"],
             "last_seen_at": definition["last_seen_at"],
             "lastEventTime": (live or definition).get("last_event_time"),  # when the last delivery was committed
             "eventsDelivered": (live or definition).get("events_delivered", 0),
+            "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": n} for tp, n in sorted(lag.items())],
+            "totalLag": sum(n for n in lag.values() if n is not None),
+        }
+
+    async def _shared_status(self, conn_id: str, definition: dict[str, Any],
+                             lag: dict[TopicPartition, int | None]) -> dict[str, Any]:
+        """Return a shared connection's status: its members (any edge) and the counters its commits carry."""
+        group = self.group_id(conn_id)
+        members = await self.groups.members(group)
+        counted = await self.groups.counted(group)
+        times = [c.time for c in counted.values() if c.time]
+        return {
+            "id": conn_id, "mode": "shared", "filter": definition["filter"], "options": definition["options"],
+            "status": "connected" if members else "disconnected", "owner": definition.get("owner"),
+            "created_at": definition["created_at"], "last_seen_at": definition["last_seen_at"],
+            "members": members, "memberCount": len(members),
+            "lastEventTime": max(times) if times else None,  # when the last delivery was committed
+            "eventsDelivered": sum(c.delivered for c in counted.values()),
+            "redelivered": sum(c.redelivered for c in counted.values()),  # sent again after a stream left
             "lag": [{"topic": tp.topic, "partition": tp.partition, "lag": n} for tp, n in sorted(lag.items())],
             "totalLag": sum(n for n in lag.values() if n is not None),
         }
@@ -235,8 +268,9 @@ class Connections:
         out = []
         for conn_id, definition in self.table.items():
             live = self.live.get(conn_id)
-            out.append({"id": conn_id, "filter": definition["filter"], "owner": definition.get("owner"),
-                        "status": live["status"] if live else "disconnected",
+            status = live["status"] if live else "connected" if self.shared.get(conn_id) else "disconnected"
+            out.append({"id": conn_id, "mode": definition.get("mode", "exclusive"), "filter": definition["filter"],
+                        "owner": definition.get("owner"), "status": status,
                         "streaming_on": (definition.get("stream") or {}).get("host"),
                         "last_seen_at": definition["last_seen_at"],
                         "eventsDelivered": (live or definition).get("events_delivered", 0)})
@@ -244,11 +278,60 @@ class Connections:
 
     async def delete(self, conn_id: str) -> None:
         """Close any live stream, delete the group and the definition."""
-        self.get(conn_id)
+        if self.get(conn_id).get("mode") == "shared":
+            await self._delete_shared(conn_id)
+            return
         self._close_local(conn_id, "connection deleted")
         await self.groups.delete(self.group_id(conn_id))
         await self.table.put(conn_id, None)
         log.info("Deleted connection %s.", conn_id)
+
+    async def _delete_shared(self, conn_id: str) -> None:
+        """Delete the definition first (every edge then closes its streams), then the group once they left."""
+        self._close_shared(conn_id, "connection deleted")
+        await self.table.put(conn_id, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.connection_member_session_timeout_ms / 1000 + 5
+        while True:
+            try:
+                await self.groups.delete(self.group_id(conn_id))
+                break
+            except StreamError as exc:
+                if loop.time() > deadline:
+                    log.warning("Deleted connection %s, but not its group: %s", conn_id, exc)
+                    return
+                await asyncio.sleep(0.2)
+        log.info("Deleted connection %s.", conn_id)
+
+    # ------------------------------------------------------------------ shared streams
+
+    def joined(self, conn_id: str, stream_id: str, close: Callable[[str], None]) -> None:
+        """Track a shared stream served here: deletion closes it, expiry spares its connection."""
+        self.shared.setdefault(conn_id, {})[stream_id] = close
+
+    def left(self, conn_id: str, stream_id: str) -> None:
+        """Forget a shared stream that ended."""
+        streams = self.shared.get(conn_id, {})
+        streams.pop(stream_id, None)
+        if not streams:
+            self.shared.pop(conn_id, None)
+
+    async def touch_shared(self, conn_id: str, offsets: Offsets) -> None:
+        """Refresh last-seen time and the kept copy of the partitions a shared stream commits."""
+        definition = self.table.get(conn_id)
+        if definition is None:
+            return
+        updated = dict(definition)
+        kept = offsets_from_json(definition.get("position"))
+        updated.update(last_seen_at=iso(datetime.now(UTC)), position=offsets_to_json({**kept, **offsets}))
+        await self.table.put(conn_id, updated)
+
+    def _close_shared(self, conn_id: str, reason: str) -> None:
+        streams = self.shared.pop(conn_id, {})
+        if streams:
+            log.info("Closing %d shared streams of connection %s: %s.", len(streams), conn_id, reason)
+        for close in streams.values():
+            close(reason)
 
     # ------------------------------------------------------------------ live streams
 
@@ -304,6 +387,8 @@ class Connections:
 
     def _changed(self, conn_id: str, definition: dict[str, Any] | None) -> None:
         """React to table changes from any process: deletion or a newer stream closes ours."""
+        if definition is None:
+            self._close_shared(conn_id, "connection deleted")
         live = self.live.get(conn_id)
         if live is None:
             return
@@ -327,7 +412,7 @@ class Connections:
         now = time.time() if now is None else now
         gone = []
         for conn_id, definition in self.table.items():
-            if conn_id in self.live:
+            if conn_id in self.live or conn_id in self.shared:
                 continue
             seen = datetime.fromisoformat(definition["last_seen_at"].replace("Z", "+00:00")).timestamp()
             # A stream another process still marks as live gets twice the time (its process may have died).

@@ -26,8 +26,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from app.fanout.filters import addressed_to
 from app.fanout.ports import CatchUpPorts
-from app.fanout.records import LOST, NEW, Positions, frame_body
+from app.fanout.records import LOST, NEW, RECIPIENTS, Positions, frame_body
 from app.fanout.subscribers import CATCHUP, Subscriber
 from app.fanout.tokens import STREAM, pack
 from app.sse.framing import format_event, with_id
@@ -43,6 +44,9 @@ MAX_RECORDS = 500  # per fetch; a client's buffer holds at least this many frame
 POLL_MS = 100
 MAX_BACKOFF_S = 30.0
 RESET = "reset"  # the SSE event type of a gap notice
+# A frame built by a job and not written yet: its bytes, the position after its record, the record's
+# partition and offset (where a client that cannot take it resumes), and its `recipients` (None: untargeted).
+Pending = tuple[bytes, Positions, TopicPartition, int, list[str] | None]
 
 
 class CatchUpPool:
@@ -166,6 +170,7 @@ class CatchUpJob:
                     self.lost.add(tp)
         self.counts = {t: len(start[t]) for t in self.group.topics}
         self.held: dict[TopicPartition, list[Any]] = {}
+        self.pending: list[Pending] = []  # frames of the records delivered since the last `_flush`
 
     def positions(self) -> Positions:
         """Return the job's position as topic -> next offsets."""
@@ -209,6 +214,7 @@ class CatchUpJob:
                         consumer.pause(tp)
                         break
                     await self._deliver(tp, record)
+            self._flush()
             empty_polls = 0 if batch else empty_polls + 1
             if empty_polls >= 3:
                 await self._skip_gaps()
@@ -280,6 +286,7 @@ class CatchUpJob:
             if not records:
                 del self.held[tp]
                 self.consumer.resume(tp)
+        self._flush()
 
     async def _skip_gaps(self) -> None:
         """Advance over offsets that hold no records (transaction markers, compaction)."""
@@ -291,6 +298,7 @@ class CatchUpJob:
                     self.pos[tp] = min(fetched, limit)
 
     async def _deliver(self, tp: TopicPartition, record: Any) -> None:
+        """Frame one record for the job's clients; `_flush` writes it (after the rest of the fetch)."""
         ports = self.ports
         event = await ports.decode(record)
         self.pos[tp] = record.offset + 1
@@ -298,13 +306,35 @@ class CatchUpJob:
             return
         positions = self.positions()
         token = ports.tokens.sign(STREAM, self.group.scope, pack([positions[t] for t in self.group.topics]))
-        frame = with_id(token, frame_body(event))
-        behind = [s for s in self.subs if not s.conn.write(frame)]
-        ports.delivered(len(self.subs) - len(behind))
-        if behind:
-            positions[tp.topic][tp.partition] = record.offset  # the record this client missed
-            for sub in behind:
-                self._drop(sub, {t: list(offsets) for t, offsets in positions.items()})
+        self.pending.append((with_id(token, frame_body(event)), positions, tp, record.offset, event.get(RECIPIENTS)))
+
+    def _flush(self) -> None:
+        """Write the pending frames: to each client those addressed to it, up to its `batch_size` per socket
+        write; a client whose queue fills goes back to the queue from the first frame it did not take."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        targeted = any(entry[4] is not None for entry in pending)
+        for sub in list(self.subs):
+            mine = [entry for entry in pending if addressed_to(entry[4], sub.viewer)] if targeted else pending
+            size, conn, taken = sub.batch_size, sub.conn, 0
+            for first in range(0, len(mine), size):
+                chunk = mine[first:first + size]
+                done = conn.write_batch([entry[0] for entry in chunk]) if size > 1 else int(conn.write(chunk[0][0]))
+                taken += done
+                if done < len(chunk):
+                    self._drop(sub, self._missed(chunk[done]))
+                    break
+            sub.delivered += taken  # the stream's own count (GET /api/v1/streams)
+            self.ports.delivered(taken)
+
+    @staticmethod
+    def _missed(entry: Pending) -> Positions:
+        """Return the position just before a pending frame's record (where a client that missed it resumes)."""
+        _, positions, tp, offset, _ = entry
+        missed = {t: list(offsets) for t, offsets in positions.items()}
+        missed[tp.topic][tp.partition] = offset
+        return missed
 
     def _shed_blocked(self) -> None:
         """Send clients that cannot take a full fetch now back to the queue instead of waiting on them."""
@@ -318,7 +348,10 @@ class CatchUpJob:
         self.ports.requeue(sub, position)
 
     def give_back(self) -> None:
-        """Requeue the job's clients at its current position (after a failed read)."""
+        """Requeue the job's clients at its current position, or before its first frame not written yet
+        (after a failed read)."""
+        position = self._missed(self.pending[0]) if self.pending else self.positions()
+        self.pending = []
         for sub in list(self.subs):
             if sub.state == CATCHUP:
-                self._drop(sub, self.positions())
+                self._drop(sub, {t: list(offsets) for t, offsets in position.items()})

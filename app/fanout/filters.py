@@ -8,6 +8,8 @@ A filter is compiled once per distinct filter (not per client): the hub groups c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -148,3 +150,36 @@ class CompiledFilter(EventMatcher):
         self.key: str = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS).decode()
         # 16 bytes of the filter's hash bind resume tokens and cursors to this very filter.
         self.scope: bytes = hashlib.sha256(self.key.encode()).digest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who reads a stream or a history page, as far as targeted events (`recipients`) go.
+
+    `names` are what the reader answers to in a `recipients` list: its principal's `sub`, and for a
+    durable connection's stream that connection's id (for history, the ids of the connections the
+    principal owns). `sees_all` is set only for an admin reading history: live and catch-up streams
+    deliver a targeted event to addressed streams alone, an admin's included only when named.
+    """
+
+    names: frozenset[str] = frozenset()
+    sees_all: bool = False
+
+    @classmethod
+    def of_stream(cls, sub: str, connection_id: str | None = None) -> Viewer:
+        """Return the viewer of a stream of `sub` (of one of its durable connections, when given)."""
+        return cls(frozenset((sub,) if connection_id is None else (sub, connection_id)))
+
+    @classmethod
+    def of_history(cls, sub: str, admin: bool, connection_ids: Iterable[str] = ()) -> Viewer:
+        """Return the viewer of a history page: the principal, its connections, and everything for admin."""
+        return cls(frozenset((sub, *connection_ids)), sees_all=admin)
+
+
+NOBODY = Viewer()  # sees only untargeted events: what a stream opened without a viewer gets
+
+
+def addressed_to(recipients: list[str] | None, viewer: Viewer) -> bool:
+    """Tell whether an event with these `recipients` may reach this viewer: the one rule of targeted
+    delivery, used by the live tail, replay, catch-up and history alike (None: every viewer)."""
+    return recipients is None or viewer.sees_all or not viewer.names.isdisjoint(recipients)

@@ -17,9 +17,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.fanout.filters import CompiledFilter
+from app.fanout.filters import CompiledFilter, Viewer, addressed_to
 from app.fanout.ports import Decode
 from app.fanout.positions import OffsetsReader
+from app.fanout.records import RECIPIENTS, public
 from app.fanout.tokens import HISTORY, TokenCodec, TokenError, check_room
 from streams.errors import BrokerUnavailable
 from streams.kafka import clients
@@ -69,9 +70,10 @@ class HistoryReader:
             consumer.unsubscribe()
             self._idle.append(consumer)
 
-    async def page(self, flt: CompiledFilter, limit: int, cursor: str | None,
-                   since: datetime | None) -> tuple[list[dict[str, Any]], str | None]:
-        """Return up to `limit` matching events and the cursor of the next page (None at the end)."""
+    async def page(self, flt: CompiledFilter, limit: int, cursor: str | None, since: datetime | None,
+                   viewer: Viewer) -> tuple[list[dict[str, Any]], str | None]:
+        """Return up to `limit` matching events `viewer` may see and the cursor of the next page (None at the
+        end); targeted events show their `recipients` to an admin only."""
         layout = {t: len(await self.topics.partitions(t)) for t in flt.topics}
         check_room(HISTORY, layout)  # every cursor of this filter must fit the token size limit
         if cursor:
@@ -82,7 +84,7 @@ class HistoryReader:
                       else await self.offsets.beginning(layout))
             pos = {TopicPartition(t, p): starts[t][p] for t in layout for p in range(layout[t])}
             bound = {TopicPartition(t, p): ends[t][p] for t in layout for p in range(layout[t])}
-        events = await self._read(flt, limit, pos, bound)
+        events = await self._read(flt, limit, pos, bound, viewer)
         if all(pos[tp] >= bound[tp] for tp in pos):
             return events, None
         groups = [[v for p in range(layout[t]) for v in (pos[TopicPartition(t, p)], bound[TopicPartition(t, p)])]
@@ -105,7 +107,7 @@ class HistoryReader:
         return pos, bound  # partitions added after the first page are not part of its snapshot
 
     async def _read(self, flt: CompiledFilter, limit: int, pos: dict[TopicPartition, int],
-                    bound: dict[TopicPartition, int]) -> list[dict[str, Any]]:
+                    bound: dict[TopicPartition, int], viewer: Viewer) -> list[dict[str, Any]]:
         active = [tp for tp in pos if pos[tp] < bound[tp]]
         if not active:
             return []
@@ -128,8 +130,8 @@ class HistoryReader:
                 pos[tp] = record.offset + 1
                 scanned += 1
                 event = await self.decode(record)
-                if event is not None and flt.matches(event):
-                    events.append(event)
+                if event is not None and flt.matches(event) and addressed_to(event.get(RECIPIENTS), viewer):
+                    events.append(event if viewer.sees_all else public(event))
         return events
 
     async def _fill(self, consumer: AIOKafkaConsumer, need: list[TopicPartition],

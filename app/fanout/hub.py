@@ -16,13 +16,13 @@ from collections import deque
 from typing import Any
 
 from app.fanout.catchup import CatchUpPool
-from app.fanout.filters import CompiledFilter
+from app.fanout.filters import NOBODY, CompiledFilter, Viewer, addressed_to
 from app.fanout.history import HistoryReader
 from app.fanout.ports import CatchUpPorts
 from app.fanout.positions import OffsetsReader
-from app.fanout.records import NEW, Positions, RecordDecoder, frame_body
+from app.fanout.records import NEW, RECIPIENTS, Positions, RecordDecoder, frame_body
 from app.fanout.replay import ReplayEntry, ReplayFrames
-from app.fanout.subscribers import CATCHUP, CLOSED, LIVE, FilterGroup, Subscriber
+from app.fanout.subscribers import CATCHUP, CLOSED, LIVE, FilterGroup, StreamRegistry, Subscriber
 from app.fanout.tail import TailReader
 from app.fanout.tokens import STREAM, TokenCodec, TokenError, pack
 from app.sse.framing import PING, format_comment, with_id
@@ -73,6 +73,7 @@ class Hub:
         self.groups: dict[str, FilterGroup] = {}
         self.by_topic: dict[str, list[FilterGroup]] = {}
         self.subscribers: set[Subscriber] = set()
+        self.streams = StreamRegistry()  # every open stream by id, hub-fed or not (the stream admin's view)
         # Catch-up and history get what they read and the callbacks they call, never the hub itself.
         self.catchup_ports = CatchUpPorts(self.tails, self.decoder.decode, self.tokens, self.attach, self.requeue,
                                           self.delivered)
@@ -243,9 +244,13 @@ class Hub:
             positions[topic] = offsets + [NEW] * (count - len(offsets))
         return positions
 
-    def open(self, group: FilterGroup, conn: Connection, heartbeat_s: float, start: Positions | None) -> Subscriber:
-        """Register a started response: live at once, or catching up from `start`."""
+    def open(self, group: FilterGroup, conn: Connection, heartbeat_s: float, start: Positions | None, *,
+             viewer: Viewer = NOBODY, batch_size: int = 1) -> Subscriber:
+        """Register a started response: live at once, or catching up from `start`; `viewer` decides which
+        targeted events it gets, `batch_size` how many events catch-up and replay put in one socket write."""
         sub = Subscriber(conn, group, heartbeat_s)
+        sub.viewer = viewer
+        sub.batch_size = batch_size
         self.subscribers.add(sub)
         if start is None:
             self._attach(sub)
@@ -282,19 +287,31 @@ class Hub:
             return
         body = None
         tails = self.tails
+        recipients = event.get(RECIPIENTS)  # None for every untargeted event: today's path, unchanged
         for group in self.by_topic.get(tail.topic, ()):
             if not group.live or not group.filter.matches(event):
                 continue
+            subs: Any = group.live
+            if recipients is not None:  # targeted: only the addressed streams of the group, same shared frame
+                subs = [sub for sub in group.live if addressed_to(recipients, sub.viewer)]
+                if not subs:
+                    continue
             if body is None:
                 body = entry.body = frame_body(event)
             token = self.tokens.sign(STREAM, group.scope, pack([tails[t].pos for t in group.topics]))
             frame = with_id(token, body)
-            behind = [sub for sub in group.live if not sub.conn.write(frame)]
-            self.deliveries += len(group.live) - len(behind)
+            behind = [sub for sub in subs if not sub.conn.write(frame)]
+            self.deliveries += len(subs) - len(behind)
             if tail.ingress_ms is not None:  # once per event and group, never per client
                 self.latency.observe(time.time() - tail.ingress_ms / 1000)
             for sub in behind:
                 self._fall_behind(sub, tail.topic, partition, offset)
+            if recipients is None:
+                group.sent += 1  # each live member's count, once per group (Subscriber.events_delivered)
+            else:
+                for sub in subs:
+                    if sub.state == LIVE:
+                        sub.delivered += 1
 
     def _fall_behind(self, sub: Subscriber, topic: str, partition: int, offset: int) -> None:
         """Move a client whose buffer is full back to catch-up, from just before the record it missed."""
@@ -302,6 +319,7 @@ class Hub:
         position = self.tail_positions(group)
         position[topic][partition] = offset
         del group.live[sub]
+        sub.delivered += group.sent - sub.mark  # what it got while live (not the record it missed)
         self.fallbacks += 1
         sub.state = CATCHUP
         if sub.lagging_since is None:
@@ -351,13 +369,20 @@ class Hub:
             return False
         if not all(tails[t].replay.covers(start[t], tails[t].pos) for t in group.topics):
             return False
-        before = start
-        for frame, after in self.replay_frames.build(group, start, tails):
-            if not sub.conn.write(frame):
+        frames = self.replay_frames.build(group, start, tails)  # shared by every client resuming from `start`
+        if any(recipients is not None for _, _, recipients in frames):
+            frames = [entry for entry in frames if addressed_to(entry[2], sub.viewer)]
+        before, size, conn = start, sub.batch_size, sub.conn
+        for first in range(0, len(frames), size):  # up to `batch_size` events per socket write
+            chunk = frames[first:first + size]
+            taken = conn.write_batch([entry[0] for entry in chunk]) if size > 1 else int(conn.write(chunk[0][0]))
+            self.deliveries += taken
+            sub.delivered += taken
+            if taken:
+                before = chunk[taken - 1][1]
+            if taken < len(chunk):
                 self.requeue(sub, {t: list(offsets) for t, offsets in before.items()})
                 return True
-            self.deliveries += 1
-            before = after
         self.replays += 1
         self._attach(sub)
         return True
@@ -377,6 +402,7 @@ class Hub:
         sub.position = None
         sub.lagging_since = None
         sub.group.live[sub] = None
+        sub.mark = sub.group.sent
 
     # ------------------------------------------------------------------ tails and heartbeats
 

@@ -25,6 +25,7 @@ Positions = dict[str, list[int]]
 LOST = -1  # a durable connection lost it (no committed offset, no kept copy): a `reset`, then the log start
 NEW = -2  # the partition was unknown when the position was taken: read it from its first offset, after the others
 DLQ_EVENT_TYPE = "eventstream.dlq.entry"
+RECIPIENTS = "recipients"  # the key of a targeted event's recipients (absent on every other event)
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
 # Errors of reading the registry, not of the record: the record is tried again, never skipped.
@@ -108,6 +109,14 @@ class RecordDecoder:
                     record.topic, record.partition, record.offset, what, kind, exc, action, record.topic)
 
 
+def public(event: dict[str, Any]) -> dict[str, Any]:
+    """Return the event as a reader sees it: without `recipients`, so no recipient learns who else got it
+    (the same dict when it has none; only an admin's history shows the list)."""
+    if RECIPIENTS not in event:
+        return event
+    return {k: v for k, v in event.items() if k != RECIPIENTS}
+
+
 def frame_body(event: dict[str, Any]) -> bytes:
     """Frame an event without its id line: `event:` its type, `data:` the JSON (see `app.sse.framing.with_id`)."""
-    return format_event(orjson.dumps(event).decode(), event=event["type"])
+    return format_event(orjson.dumps(public(event)).decode(), event=event["type"])

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from app.fanout.records import Positions, frame_body
+from app.fanout.records import RECIPIENTS, Positions, frame_body
 from app.fanout.subscribers import FilterGroup
 from app.fanout.tokens import STREAM, TokenCodec, pack
 from app.sse.framing import with_id
@@ -87,6 +87,11 @@ class ReplaySource(Protocol):
         ...
 
 
+# One replayed event: its frame, the position after it, and its `recipients` (None: untargeted), so each
+# client of a shared list still gets only what `app.fanout.filters.addressed_to` lets it see.
+ReplayFrame = tuple[bytes, Positions, list[str] | None]
+
+
 class ReplayFrames:
     """Frames from a start position up to the tails, built once per filter, start and tail state:
     the thousands of clients that resume from one token after a restart share one list."""
@@ -94,11 +99,11 @@ class ReplayFrames:
     def __init__(self, tokens: TokenCodec, max_entries: int = 256) -> None:
         self.tokens = tokens
         self.max_entries = max_entries
-        self._cache: dict[tuple[Any, ...], list[tuple[bytes, Positions]]] = {}
+        self._cache: dict[tuple[Any, ...], list[ReplayFrame]] = {}
 
     def build(self, group: FilterGroup, start: Positions,
-              tails: Mapping[str, ReplaySource]) -> list[tuple[bytes, Positions]]:
-        """Return (frame, position after it) for each matching held record from `start`."""
+              tails: Mapping[str, ReplaySource]) -> list[ReplayFrame]:
+        """Return (frame, position after it, recipients) for each matching held record from `start`."""
         key = (group.filter.key, tuple(tuple(start[t]) for t in group.topics),
                tuple((tails[t].generation, tails[t].dispatched) for t in group.topics))
         frames = self._cache.get(key)
@@ -114,7 +119,8 @@ class ReplayFrames:
                 if entry.body is None:
                     entry.body = frame_body(entry.event)
                 token = self.tokens.sign(STREAM, group.scope, pack([position[t] for t in group.topics]))
-                frames.append((with_id(token, entry.body), {t: list(offsets) for t, offsets in position.items()}))
+                frames.append((with_id(token, entry.body), {t: list(offsets) for t, offsets in position.items()},
+                               entry.event.get(RECIPIENTS)))
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[key] = frames

@@ -1,5 +1,6 @@
-"""The SSE response of a stream: its headers, the write side it hands the hub, its content encoding, and
-the timers that warn before and end at the expiry of the credential it was opened with."""
+"""The SSE response of a stream: its headers, the write side it hands the hub, its content encoding, its
+entry in the edge's stream registry (its id goes out as `ES-Stream-Id` and in its first comment), and the
+timers that warn before and end at the expiry of the credential it was opened with."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from app.fanout.filters import NOBODY, Viewer
 from app.fanout.hub import Hub
 from app.fanout.records import Positions
-from app.fanout.subscribers import CLOSED, FilterGroup, Subscriber
+from app.fanout.subscribers import CLOSED, FilterGroup, StreamRecord, Subscriber, filter_text, new_stream_id
 from app.sse.framing import format_comment, format_event, format_retry
 from app.sse.writer import Connection, Encoder, Encoding
 
@@ -27,21 +29,41 @@ class EventStreamResponse(Response):
         self.hub, self.group, self.start, self.heartbeat_s, self.encoding = hub, group, start, heartbeat_s, encoding
         self.status_code = 200
         self.background = None
+        self.stream_id = new_stream_id()
+        self.kind = "plain"  # how the stream admin lists it: plain, endpoint (set by the route) or durable
+        self.endpoint: str | None = None  # the named endpoint streamed, for kind "endpoint"
+        self.connection: str | None = None  # the durable connection streamed, for kind "durable"
+        self.principal = "anonymous"  # the `sub` that opened it (read from the request when the body starts)
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                   (b"x-accel-buffering", b"no")]
+                   (b"x-accel-buffering", b"no"), (b"es-stream-id", self.stream_id.encode())]
         if encoding:
             headers += [(b"content-encoding", encoding.encode()), (b"vary", b"accept-encoding")]
         self.raw_headers = headers
         self.expires_at: float | None = None  # Unix time the stream's credential expires (None: never)
+        self.viewer: Viewer = NOBODY  # set by the route from the principal: which targeted events this stream gets
         self._expiry: ExpiryWatch | None = None
 
+    def greet(self, conn: Connection, scope: Any, retry_ms: int) -> None:
+        """Write the stream's first bytes, `retry:` then `: stream <id>`, and note who opened it.
+
+        The principal is the one authentication put in the ASGI scope's state (app/auth/middleware.py)."""
+        self.principal = opened_by(scope)
+        conn.write(format_retry(retry_ms))
+        conn.write(stream_comment(self.stream_id))
+
     def watch_expiry(self, sub: Subscriber) -> None:
-        """Arm the `token-expiring` warning and the end of the stream at the credential's `exp`."""
+        """List the started stream in the edge's registry (so an admin can end it), and arm the
+        `token-expiring` warning and the end of the stream at the credential's `exp`."""
+        self.hub.streams.add(StreamRecord(self.stream_id, self.kind, self.principal, sub.conn,
+                                          lambda final: self.hub.close(sub, final), sub=sub,
+                                          filter=filter_text(self.group.filter), endpoint=self.endpoint,
+                                          connection=self.connection))
         if self.expires_at is not None:
             self._expiry = ExpiryWatch(self.hub, sub, self.expires_at, self.hub.settings.auth_expiry_warning_s)
 
     def unwatch_expiry(self) -> None:
-        """Disarm the expiry timers of a stream that ended."""
+        """Take an ended stream out of the registry and disarm its expiry timers."""
+        self.hub.streams.discard(self.stream_id)
         if self._expiry is not None:
             self._expiry.cancel()
 
@@ -53,8 +75,8 @@ class EventStreamResponse(Response):
             encoder = Encoder(self.encoding) if self.encoding else None
             conn = Connection(send, settings.stream_buffer_max_size, encoder, direct=settings.stream_direct_writes,
                               max_bytes=settings.stream_buffer_max_bytes)
-            conn.write(format_retry(settings.stream_retry_ms))
-            sub = self.hub.open(self.group, conn, self.heartbeat_s, self.start)
+            self.greet(conn, scope, settings.stream_retry_ms)
+            sub = self.hub.open(self.group, conn, self.heartbeat_s, self.start, viewer=self.viewer)
             self.watch_expiry(sub)
             while (await receive())["type"] != "http.disconnect":
                 pass
@@ -65,6 +87,17 @@ class EventStreamResponse(Response):
             else:
                 self.hub.remove(sub)
                 sub.conn.abort()
+
+
+def opened_by(scope: Any) -> str:
+    """Return the `sub` of the principal authentication put in an ASGI scope's state ("anonymous" if none)."""
+    principal = (scope.get("state") or {}).get("principal")
+    return str(getattr(principal, "sub", None) or "anonymous")
+
+
+def stream_comment(stream_id: str) -> bytes:
+    """Return a stream's first comment, `: stream <id>`, which names it for the stream admin."""
+    return format_comment(f"stream {stream_id}")
 
 
 def choose_encoding(compression: bool, accept: str | None) -> Encoding | None:

@@ -55,7 +55,7 @@ class HttpFigures:
         self.stream_opens: Counter[str] = Counter({outcome: 0 for outcome in STREAM_OUTCOMES})
         self.published: Counter[str] = Counter({outcome: 0 for outcome in PUBLISH_OUTCOMES})
         self.publish_latency = Histogram()
-        self.endpoint_streams = 0  # open SSE streams of the edge's own figures (/api/v1/stats/stream)
+        self.stats_streams = 0  # open SSE streams of the edge's own figures (/api/v1/stats/stream)
 
     def record(self, route: str, method: str, status: int, elapsed_s: float) -> None:
         """Count one response start."""

@@ -100,7 +100,7 @@ def snapshot(state: Any, figures: HttpFigures, now: float | None = None) -> dict
     durable connections, pipeline, topics and health."""
     now = time.time() if now is None else now
     services, hub, watch = state.services, state.hub, state.watch
-    durable = len(services.connections.live)
+    durable, named = len(services.connections.live), services.endpoints.streams_here()
     latency = hub.latency
     lag = durable_lag(hub) if durable else []
     return {
@@ -110,8 +110,8 @@ def snapshot(state: Any, figures: HttpFigures, now: float | None = None) -> dict
         "published_by_outcome": dict(figures.published),
         "latency_ms": {name: None if (v := latency.quantile(q)) is None else round(v * 1000, 2)
                        for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
-        "streams": {"plain": max(0, len(hub.subscribers) - durable), "durable": durable,
-                    "endpoint": figures.endpoint_streams, "max": hub.settings.stream_max_clients},
+        "streams": {"plain": max(0, len(hub.subscribers) - durable - named), "durable": durable, "endpoint": named,
+                    "stats": figures.stats_streams, "max": hub.settings.stream_max_clients},
         "fallbacks": hub.fallbacks, "slow_closed": hub.slow_closed, "replays": hub.replays,
         "catchup": {"busy": hub.catchup.busy, "max": hub.catchup.size, "waiting": hub.catchup.waiting},
         "connections": [{"id": conn_id, "status": live["status"], "delivered": live["events_delivered"]}

@@ -52,10 +52,18 @@ TOPIC_QUERY = Query(None, description="Destination topic requested by the publis
 
 
 ONE_EVENT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": EVENT_SCHEMA}}}}
+RECIPIENTS_DOC = ("An event may name `recipients` (principals' JWT `sub` and/or durable connection ids, 1-100 "
+                  "entries of 1-256 characters): only streams of those principals or connections receive it, and "
+                  "history shows it only to them and to admin. It needs the same `publish:` scope as any event.")
+PUBLISH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The credential has no `publish:` scope covering the topic"},
+    413: {"description": "Event or batch over its size limit"},
+    422: {"description": "An attribute is missing or invalid (bad `recipients` too); `field` names it"},
+    503: {"description": "Kafka did not acknowledge within ES_PUBLISH_TIMEOUT_S; retry with the same id"}}
 
 
-@router.post("", status_code=202, summary="Publish one event", openapi_extra=ONE_EVENT_BODY,
-             responses={202: {"description": "Stored in the ingress topic at this position"}})
+@router.post("", status_code=202, summary="Publish one event", openapi_extra=ONE_EVENT_BODY, description=RECIPIENTS_DOC,
+             responses={202: {"description": "Stored in the ingress topic at this position"}, **PUBLISH_RESPONSES})
 async def publish_event(request: Request, limits: Limits, principal: CurrentPrincipal,
                         topic: str | None = TOPIC_QUERY) -> JSONResponse:
     """Validate one CloudEvents-style event and append it to the ingress topic."""
@@ -74,6 +82,7 @@ async def publish_event(request: Request, limits: Limits, principal: CurrentPrin
 
 
 @router.post("/batch", status_code=202, summary="Publish many events, validated as a whole first",
+             description=RECIPIENTS_DOC, responses={**PUBLISH_RESPONSES},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                  "type": "object", "required": ["events"],
                  "properties": {"events": {"type": "array", "items": EVENT_SCHEMA}}}}}}})

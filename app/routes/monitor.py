@@ -44,7 +44,7 @@ async def stats_stream(request: Request,
     figures = state.http_figures
 
     async def events() -> AsyncIterator[bytes]:
-        figures.endpoint_streams += 1
+        figures.stats_streams += 1
         try:
             yield format_retry(2000)
             while True:
@@ -52,7 +52,7 @@ async def stats_stream(request: Request,
                 yield format_event(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode(), event="stats")
                 await asyncio.sleep(interval)
         finally:
-            figures.endpoint_streams -= 1
+            figures.stats_streams -= 1
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -87,6 +87,7 @@ async def stats(request: Request) -> dict[str, Any]:
         "durable_connections": {"defined": len(services.connections.table),
                                 "streaming_here": len(services.connections.live)},
         "process": process_figures(),
+        "edge": services.edge,  # this edge's id, as GET /api/v1/streams names it
     }
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from app.auth import check_topics
 from app.auth.guard import current_principal
-from app.fanout.filters import CompiledFilter, FilterError, parse_filter
+from app.fanout.filters import CompiledFilter, FilterError, Viewer, parse_filter
 from app.fanout.history import MAX_LIMIT
 from app.fanout.hub import Hub
 from app.fanout.records import Positions
@@ -21,10 +21,12 @@ from app.fanout.subscribers import FilterGroup
 from app.fanout.tokens import STREAM, TokenError, check_room
 from app.limits import Limits, RequestLimits, StreamSlot
 from app.problems import Problem, problem_response
+from app.sse.writer import Encoding
 
 router = APIRouter(prefix="/api/v1/events", tags=["stream"])
 RETRY_AFTER_S = "5"
 P = TypeVar("P", bound="Positions | None")  # where a stream starts: live (None) or given positions
+MakeResponse = Callable[[Hub, FilterGroup, Positions | None, float, Encoding | None], EventStreamResponse]
 
 FILTER_DOC = ('JSON EventFilter: {"topics": [...], "types": ["workflow.*"], "sources": [...], "subjects": [...], '
               '"tags": [...], "where": {"status": ["failed", "error"]}}. Every given field must match; '
@@ -116,9 +118,10 @@ async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, Compil
 @router.get("/stream", summary="Stream matching events live over Server-Sent Events",
             response_class=EventStreamResponse, status_code=200,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "`retry:` first; then per event `id:` (resume token), `event:` "
-                                            "(its type), `data:` (CloudEvents JSON with topic, partition, "
-                                            "offset); `: ping` comments when idle."},
+                             "description": "`retry:` first, then `: stream <id>` (the id also in the "
+                                            "`ES-Stream-Id` header, for GET/DELETE /api/v1/streams); then per "
+                                            "event `id:` (resume token), `event:` (its type), `data:` (CloudEvents "
+                                            "JSON with topic, partition, offset); `: ping` comments when idle."},
                        400: {"description": "Invalid filter, since or Last-Event-ID"},
                        404: {"description": "Unknown topic"},
                        429: {"description": "Stream-open rate or open-stream cap of the principal reached"},
@@ -136,12 +139,23 @@ async def stream_events(
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
     accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
 ) -> Response:
-    """Open a stream: live by default, from `since`, or exactly after the event a token names."""
+    """Open a stream: live by default, from `since`, or exactly after the event a token names. An event with
+    `recipients` reaches it only when they name the principal's `sub` (an admin's stream too)."""
     hub, flt = await compile_filter(request, filter)
+    return await open_stream(request, limits, hub, flt, heartbeat=heartbeat, compression=compression, since=since,
+                             token=last_event_id_header or last_event_id, accept_encoding=accept_encoding)
+
+
+async def open_stream(request: Request, limits: RequestLimits, hub: Hub, flt: CompiledFilter, *,
+                      heartbeat: float | None, compression: bool, since: str | None, token: str | None,
+                      accept_encoding: str | None, make_response: MakeResponse = EventStreamResponse,
+                      kind: str = "plain", endpoint: str | None = None) -> Response:
+    """Open a stream of a checked filter (the plain stream's, a named endpoint's): live, from `since`, or after
+    the event `token` names; `make_response` builds the SSE body (an endpoint's also ends when it is deleted);
+    `kind` and `endpoint` are what the stream admin (GET /api/v1/streams) lists it as."""
     if (refusal := over_capacity(hub)) is not None:
         return refusal
     when = parse_since(since)
-    token = last_event_id_header or last_event_id
 
     async def positions(group: FilterGroup) -> Positions | None:
         try:
@@ -156,8 +170,10 @@ async def stream_events(
 
     slot, group, start = await open_group(hub, limits, flt, positions)
     heartbeat_s = heartbeat or hub.settings.stream_heartbeat_s
-    response = EventStreamResponse(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
+    response = make_response(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
+    response.kind, response.endpoint = kind, endpoint
     response.expires_at = current_principal(request).expires_at  # `token-expiring`, then the end at `exp`
+    response.viewer = Viewer.of_stream(current_principal(request).sub)  # targeted events naming it
     return slot.hold(response)
 
 
@@ -170,16 +186,26 @@ async def event_history(
     since: str | None = Query(None, description="First page starts at this ISO-8601 time (default: the "
                                                 "start of retention)."),
 ) -> JSONResponse:
-    """Return {events, next}: oldest first, in an order that stays the same across pages."""
+    """Return {events, next}: oldest first, in an order that stays the same across pages. An event with
+    `recipients` is shown only to the principals it names, to the owner of a durable connection it names, and
+    to admin (the only reader who also sees the `recipients` list)."""
     hub, flt = await compile_filter(request, filter)
     when = parse_since(since)
     await hub.start()
     try:
-        events, cursor = await hub.history.page(flt, limit, offset, when)
+        events, cursor = await hub.history.page(flt, limit, offset, when, history_viewer(request))
     except TokenError as exc:
         raise Problem(400, "Invalid cursor", f"offset is not a cursor of this filter: {exc}",
                       field="offset") from None
     return JSONResponse({"events": events, "next": cursor})
+
+
+def history_viewer(request: Request) -> Viewer:
+    """Return who reads history: the principal and the durable connections it owns (admin: everything)."""
+    principal = current_principal(request)
+    table = request.app.state.services.connections.table
+    owned = [conn_id for conn_id, definition in table.items() if definition.get("owner") == principal.sub]
+    return Viewer.of_history(principal.sub, principal.is_admin, owned)
 
 
 @router.get("/stream/stats", summary="Counts of this edge's streams, filter groups and tail readers")

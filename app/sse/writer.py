@@ -74,6 +74,7 @@ async def _resume(coro: Any, waiting: Any) -> None:
 
 
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # queued bytes per client when the caller names no bound
+MAX_CHUNK_BYTES = 256 * 1024  # largest socket write `write_batch` joins frames into (bytes)
 CLOSE_GRACE_S = 10.0  # how long a closed but blocked client may take to read its last bytes
 MAX_WRAPPERS = 16  # layers of middleware `direct_path` looks through
 _CYCLE_ATTRS = ("transport", "flow", "disconnected", "chunked_encoding", "response_complete")
@@ -181,6 +182,29 @@ class Connection:
             return True
         self._start(self._encoder.encode(data) if self._encoder else data, True)
         return True
+
+    def write_batch(self, frames: list[bytes]) -> int:
+        """Write several frames with one socket write (one chunk, one compression flush) when the socket
+        takes bytes now, at most MAX_CHUNK_BYTES at a time; return how many were taken: all of them, or
+        (only once the client is slow and its queue full) the prefix before the first one refused."""
+        taken, count = 0, len(frames)
+        while taken < count:
+            if count - taken == 1 or self.closed or self.blocked_since is not None:
+                if not self.write(frames[taken]):  # frame by frame: the queue's bounds count each one
+                    return taken
+                taken += 1
+                continue
+            end, size = taken + 1, len(frames[taken])
+            while end < count and size + len(frames[end]) <= MAX_CHUNK_BYTES:
+                size += len(frames[end])
+                end += 1
+            self._write_joined(frames[taken:end])
+            taken = end
+        return taken
+
+    def _write_joined(self, frames: list[bytes]) -> None:
+        """Write frames as one chunk (not blocked: written now, or queued whole if the transport pauses)."""
+        Connection.write(self, b"".join(frames))
 
     def close(self, final: bytes = b"") -> None:
         """Send `final` after anything queued, then end the response; later writes are ignored."""

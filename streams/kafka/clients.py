@@ -74,6 +74,14 @@ def reader(settings: Settings, purpose: str, **options: Any) -> AIOKafkaConsumer
     return consumer(settings, purpose, enable_auto_commit=False, **options)
 
 
+def group_member(settings: Settings, purpose: str, *, group_id: str) -> AIOKafkaConsumer:
+    """Return an (unstarted) consumer that joins `group_id` to get a share of its partitions; it never commits
+    by itself (its owner commits what it delivered) and reads a partition with no committed offset from its start."""
+    session_ms = settings.connection_member_session_timeout_ms
+    return consumer(settings, purpose, group_id=group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+                    session_timeout_ms=session_ms, heartbeat_interval_ms=min(1_000, session_ms // 3))
+
+
 def producer(settings: Settings, purpose: str, **options: Any) -> AIOKafkaProducer:
     """Return an (unstarted) producer; `options` are the caller's acks, batching and size choices."""
     return AIOKafkaProducer(**_connection(settings, purpose), **options)

@@ -51,9 +51,10 @@ function render(s) {
   spark("chart-deliveries", series.deliveries); spark("chart-publish", series.publish);
   spark("chart-latency", series.latency);
   const st = s.streams;
-  setText("streams-total", fmt(st.plain + st.durable + st.endpoint));
+  setText("streams-total", fmt(st.plain + st.durable + st.endpoint + st.stats));
   setText("streams-plain", fmt(st.plain)); setText("streams-durable", fmt(st.durable));
-  setText("streams-endpoint", fmt(st.endpoint)); setText("streams-max", fmt(st.max));
+  setText("streams-endpoint", fmt(st.endpoint)); setText("streams-stats", fmt(st.stats));
+  setText("streams-max", fmt(st.max));
   setText("fallbacks", fmt(s.fallbacks)); setText("slow-closed", fmt(s.slow_closed));
   setText("catchup", `${s.catchup.busy}/${s.catchup.max} busy, ${s.catchup.waiting} waiting`);
   recent.push(s);

@@ -14,7 +14,7 @@ from app.lifespan import Services, edge_lifespan
 from streams.errors import BrokerUnavailable
 from streams.settings import Settings
 
-ORDER = ["registry", "topics", "producer", "connections", "hub", "dead_letters"]
+ORDER = ["registry", "topics", "producer", "connections", "hub", "presence", "control", "dead_letters"]
 
 
 class Fake:
@@ -78,7 +78,7 @@ async def test_components_start_in_dependency_order_and_stop_in_reverse(make_ser
     s = services.settings
     assert started == ["start registry", "start topics", f"ensure {s.ingress_topic}", f"ensure {s.dlq_topic}",
                        f"ensure {s.default_topic}", "start producer", "start connections", "start hub",
-                       "start dead_letters"]
+                       "start presence", "start control", "start dead_letters"]
     assert log[len(started):] == [f"stop {name}" for name in reversed(ORDER)]
 
 
@@ -91,8 +91,8 @@ async def test_failed_start_closes_what_started_and_retries_with_backoff(make_se
     opened = ["start registry", "start topics", f"ensure {s.ingress_topic}", f"ensure {s.dlq_topic}",
               f"ensure {s.default_topic}", "start producer"]
     failed_try = [*opened, "stop producer", "stop topics", "stop registry"]
-    assert log == [*failed_try, *failed_try, *opened, "start connections", "start hub", "start dead_letters",
-                   *(f"stop {name}" for name in reversed(ORDER))]
+    assert log == [*failed_try, *failed_try, *opened, "start connections", "start hub", "start presence",
+                   "start control", "start dead_letters", *(f"stop {name}" for name in reversed(ORDER))]
     assert fast_sleep == [0.5, 1.0]
 
 

@@ -11,7 +11,10 @@ from fastapi.testclient import TestClient
 
 from app import problems
 from app.auth import Forbidden, Unauthenticated
+from app.directory.control import StreamNotFound
+from app.directory.endpoints import EndpointExists, EndpointNotFound, InvalidEndpointFilter
 from app.durable.registry import ConnectionNotFound
+from app.durable.shared import TooManyMembers
 from app.fanout.filters import FilterError, parse_filter
 from app.fanout.hub import HubClosed, TooManyFilterGroups
 from app.fanout.tokens import TokenError
@@ -55,6 +58,11 @@ TREE = [
     (Unauthenticated("token expired: get a fresh one"), 401, "Unauthorized", None, False),
     (Forbidden("no subscribe on topic 't'", needed="subscribe:t"), 403, "Forbidden", None, False),
     (ConnectionNotFound("connection 'c1' does not exist"), 404, "Connection not found", None, False),
+    (TooManyMembers("connection 'c1' has 16 streams"), 409, "Too many streams for this connection", None, False),
+    (EndpointNotFound("endpoint 'e' does not exist"), 404, "Endpoint not found", None, False),
+    (EndpointExists("endpoint 'e' exists"), 409, "Endpoint exists", "name", False),
+    (InvalidEndpointFilter("filter: topic 'x' does not exist"), 422, "Invalid filter", "filter", False),
+    (StreamNotFound("no live edge lists a stream 's1'"), 404, "Stream not found", None, False),
     (NoAssociations("none kept"), 404, "No associations", None, False),
     (Problem(400, "Invalid since", "since must be ISO-8601", field="since"), 400, "Invalid since", "since", False),
 ]

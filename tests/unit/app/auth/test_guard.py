@@ -29,6 +29,7 @@ ADMIN_ONLY = {
     ("POST", "/api/v1/registry/subjects/{subject:path}/versions"),
     ("DELETE", "/api/v1/registry/subjects/{subject:path}"),
     ("PUT", "/api/v1/registry/config"), ("PUT", "/api/v1/registry/config/{subject:path}"),
+    ("POST", "/api/v1/endpoints"), ("DELETE", "/api/v1/endpoints/{name}"),
 }
 
 

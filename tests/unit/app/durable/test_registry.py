@@ -123,3 +123,37 @@ async def test_committed_group_offsets_win_over_the_kept_copy(shared: Any) -> No
     conn_id = (await a.create(ConnectionSpec(), owner="tester"))["id"]
     await groups.commit(a.group_id(conn_id), {P0: 30})  # committed after the copy was last refreshed
     assert await a.committed(conn_id) == {P0: 30, P1: 10}
+
+
+async def test_a_shared_connection_streaming_on_this_edge_is_not_expired_and_its_touch_keeps_it(shared: Any) -> None:
+    a, b = edge(*shared, connection_ttl_s=100), edge(*shared, connection_ttl_s=100)
+    conn_id = (await a.create(ConnectionSpec(mode="shared"), owner="tester"))["id"]
+    assert shared[0].get(conn_id)["mode"] == "shared"
+    a.joined(conn_id, "s1", lambda why: None)
+    seen = _epoch(shared[0].get(conn_id)["last_seen_at"])
+    assert await a.expire(now=seen + 150) == []  # streaming here
+    await a.touch_shared(conn_id, {P0: 42})  # what each shared stream does every refresh interval
+    assert shared[0].get(conn_id)["position"][TOPIC]["0"] == 42
+    assert await b.expire(now=_epoch(shared[0].get(conn_id)["last_seen_at"]) + 50) == []  # fresh on every edge
+
+
+async def test_deleting_a_shared_connection_anywhere_closes_its_streams_on_every_edge(shared: Any) -> None:
+    a, b = edge(*shared), edge(*shared)
+    conn_id = (await a.create(ConnectionSpec(mode="shared"), owner="tester"))["id"]
+    closed: list[str] = []
+    b.joined(conn_id, "s1", closed.append)
+    b.joined(conn_id, "s2", closed.append)
+    await a.delete(conn_id)
+    assert closed == []  # b hears of it through the table
+    b._changed(conn_id, None)
+    assert closed == ["connection deleted", "connection deleted"]
+    assert b.list() == [] and conn_id not in b.shared
+
+
+async def test_streams_leaving_a_shared_connection_are_forgotten(shared: Any) -> None:
+    a = edge(*shared)
+    conn_id = (await a.create(ConnectionSpec(mode="shared"), owner="tester"))["id"]
+    a.joined(conn_id, "s1", lambda why: None)
+    assert a.list()[0]["status"] == "connected" and a.list()[0]["mode"] == "shared"
+    a.left(conn_id, "s1")
+    assert a.list()[0]["status"] == "disconnected" and conn_id not in a.shared

@@ -260,3 +260,12 @@ async def test_a_long_stream_refreshes_its_definition_so_no_edge_expires_it(hub:
     await asyncio.sleep(0.3)
     loop.cancel()
     assert connections.events.count("touch claim-1") >= 3
+
+
+async def test_a_batch_written_as_one_chunk_delivers_its_last_event_and_counts_each(hub: Hub,
+                                                                                   group: FilterGroup) -> None:
+    server = FakeServer()
+    conn = TrackedConnection(server.send, max_buffer=4)
+    assert conn.write_batch([frame(hub, group, 1, 0), frame(hub, group, 2, 0), frame(hub, group, 3, 0)]) == 3
+    assert len(server.bodies) == 1  # one socket write
+    assert conn.delivered == token_of(frame(hub, group, 3, 0)) and conn.delivered_count == 3

@@ -14,6 +14,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from app.fanout.catchup import CatchUpJob, CatchUpPool
+from app.fanout.filters import Viewer
 from app.fanout.hub import Hub
 from app.fanout.records import LOST, NEW
 from app.fanout.subscribers import CATCHUP, LIVE, Subscriber
@@ -249,3 +250,57 @@ async def test_a_reader_whose_consumer_fails_to_start_stays_and_serves_later(
             await asyncio.sleep(0.01)
     assert len(starts) == 2 and pool.started == 1 and offsets(server) == [0, 1, 2]
     await pool.stop()
+
+
+# ------------------------------------------------------------------ batchSize and targeted delivery
+
+def frames_per_write(server: FakeServer) -> list[int]:
+    return [len(list(SSEParser().feed(body))) for body in server.bodies]
+
+
+@pytest.mark.parametrize(("batch_size", "writes"), [(1, [1] * 10), (4, [4, 4, 2]), (100, [10])],
+                         ids=["one-per-write", "four-per-write", "all-in-one"])
+async def test_job_writes_up_to_batch_size_events_per_socket_write(hub: Hub, connect: Any, batch_size: int,
+                                                                   writes: list[int]) -> None:
+    place_tail(hub, [10, 0])
+    sub, server = connect(start={TOPIC: [0, 0]})
+    sub.batch_size = batch_size
+    await run_job(hub, [sub], ScriptedConsumer({P0: 10}))
+    assert sub.state == LIVE and offsets(server) == list(range(10))
+    assert frames_per_write(server) == writes
+    assert hub.deliveries == 10
+
+
+async def test_client_whose_queue_fills_inside_a_batch_resumes_at_the_first_event_it_did_not_take(
+        hub: Hub, connect: Any) -> None:
+    place_tail(hub, [10, 0])
+    sub, server = connect(start={TOPIC: [0, 0]}, max_buffer=2)
+    sub.batch_size = 4
+    server.writable.clear()  # 0-3 go out as one write that stalls; 4 and 5 queue; 6 is refused
+    await run_job(hub, [sub], ScriptedConsumer({P0: 10}))
+    assert sub.state == CATCHUP and sub.position == {TOPIC: [6, 0]}
+    assert hub.deliveries == 6
+    server.writable.set()
+    await asyncio.sleep(0.01)
+    assert offsets(server) == list(range(6))
+
+
+async def test_job_gives_targeted_events_only_to_the_clients_they_name(hub: Hub, connect: Any) -> None:
+    place_tail(hub, [9, 0])
+    (alice, alice_server), (bob, bob_server) = connect(start={TOPIC: [0, 0]}), connect(start={TOPIC: [0, 0]})
+    alice.viewer, bob.viewer = Viewer.of_stream("alice"), Viewer.of_stream("bob", "conn-b")
+    alice.batch_size = 2
+    to = {0: ["alice"], 1: ["conn-b"], 2: None, 3: ["alice", "bob"], 4: ["carol"]}
+
+    async def decode(record: Any) -> dict[str, Any]:
+        ev = dict(record.value)
+        if to.get(record.offset % 5) is not None:
+            ev["recipients"] = to[record.offset % 5]
+        return ev
+
+    ports = replace(hub.catchup_ports, decode=decode)
+    await CatchUpJob(ports, ScriptedConsumer({P0: 9}), [alice, bob]).run()  # type: ignore[arg-type]
+    assert alice.state == LIVE and bob.state == LIVE
+    assert offsets(alice_server) == [0, 2, 3, 5, 7, 8]
+    assert offsets(bob_server) == [1, 2, 3, 6, 7, 8]
+    assert all("recipients" not in orjson.loads(m.data) for m in SSEParser().feed(b"".join(alice_server.bodies)))

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.fanout.filters import CompiledFilter, EventFilter, FilterError, parse_filter
+from app.fanout.filters import NOBODY, CompiledFilter, EventFilter, FilterError, Viewer, addressed_to, parse_filter
 
 
 def event(**over: Any) -> dict[str, Any]:
@@ -146,3 +146,19 @@ def test_filter_complexity_is_bounded_with_a_message_naming_the_limit(spec: dict
 def test_filter_text_is_bounded() -> None:
     with pytest.raises(FilterError, match="the limit is 16384"):
         parse_filter('{"types": ["' + "a" * 16_400 + '"]}')
+
+
+@pytest.mark.parametrize(("recipients", "viewer", "sees"), [
+    (None, NOBODY, True),
+    (["alice"], Viewer.of_stream("alice"), True),
+    (["alice"], Viewer.of_stream("bob"), False),
+    (["c1"], Viewer.of_stream("bob", "c1"), True),
+    (["c1"], Viewer.of_history("bob", False), False),
+    (["c1"], Viewer.of_history("bob", False, ["c1"]), True),
+    (["alice"], Viewer.of_history("root", True), True),
+    (["alice"], NOBODY, False),
+], ids=["untargeted", "named", "not-named", "connection-stream", "history-not-owner", "history-owner",
+        "history-admin", "no-viewer"])
+def test_addressed_to_is_the_one_rule_of_targeted_delivery(recipients: list[str] | None, viewer: Viewer,
+                                                           sees: bool) -> None:
+    assert addressed_to(recipients, viewer) is sees

@@ -9,12 +9,13 @@ from typing import Any
 
 import orjson
 
+from app.fanout.filters import Viewer
 from app.fanout.hub import Hub
 from app.fanout.subscribers import CATCHUP, LIVE
 from app.fanout.tokens import STREAM
 from app.sse.framing import PING, SSEParser
 from app.sse.writer import Connection
-from tests.unit.fakes import TOPIC, FakeCycle, event, pass_through, place_tail, settle
+from tests.unit.fakes import TOPIC, FakeCycle, FakeServer, event, pass_through, place_tail, settle
 
 
 def dispatch(hub: Hub, offset: int, partition: int = 0, **kw: Any) -> None:
@@ -169,3 +170,76 @@ async def test_a_tail_that_cannot_recover_closes_its_clients_with_a_reconnect_co
     await settle()
     assert sub.state == "closed" and TOPIC not in hub.tails
     assert b"reconnect with Last-Event-ID" in b"".join(server.bodies)
+
+
+# ------------------------------------------------------------------ targeted delivery (`recipients`)
+
+def targeted(hub: Hub, offset: int, recipients: list[str] | None) -> None:
+    """Make the fake tail hand the hub one event addressed to `recipients` (None: to everyone)."""
+    ev = event(offset)
+    if recipients is not None:
+        ev["recipients"] = recipients
+    hub._dispatch(hub.tails[TOPIC], 0, offset, ev)
+
+
+def viewers(connect: Callable[..., Any], *names: str) -> dict[str, Any]:
+    """Open one live stream per name in one filter group, each seeing targeted events as that principal."""
+    out = {}
+    for name in names:
+        sub, server = connect()
+        sub.viewer = Viewer.of_stream(name)
+        out[name] = server
+    return out
+
+
+def offsets_of(server: Any) -> list[int]:
+    return [orjson.loads(m.data)["offset"] for m in SSEParser().feed(b"".join(server.bodies))]
+
+
+def test_targeted_event_reaches_only_the_live_streams_it_names(hub: Hub, connect: Callable[..., Any]) -> None:
+    servers = viewers(connect, "alice", "bob", "test-admin")
+    _, anonymous = connect()  # a stream opened without a viewer
+    targeted(hub, 0, ["alice"])
+    targeted(hub, 1, ["bob", "carol"])
+    targeted(hub, 2, ["alice", "bob"])
+    targeted(hub, 3, ["nobody-here"])
+    targeted(hub, 4, None)
+    assert offsets_of(servers["alice"]) == [0, 2, 4]
+    assert offsets_of(servers["bob"]) == [1, 2, 4]
+    assert offsets_of(servers["test-admin"]) == [4]  # an admin's stream gets a targeted event only when named
+    assert offsets_of(anonymous) == [4]
+    assert hub.deliveries == 1 + 1 + 2 + 0 + 4
+
+
+def test_targeted_frame_is_shared_and_does_not_show_the_recipients(hub: Hub, connect: Callable[..., Any]) -> None:
+    servers = viewers(connect, "alice", "bob")
+    targeted(hub, 0, ["alice", "bob"])
+    assert servers["alice"].bodies[-1] is servers["bob"].bodies[-1]
+    [message] = list(SSEParser().feed(servers["alice"].bodies[-1]))
+    assert "recipients" not in orjson.loads(message.data)
+
+
+def test_a_durable_connection_id_in_recipients_reaches_that_connections_stream(
+        hub: Hub, connect: Callable[..., Any]) -> None:
+    durable, durable_server = connect()
+    durable.viewer = Viewer.of_stream("alice", "c0ffee")
+    plain = viewers(connect, "alice")["alice"]
+    targeted(hub, 0, ["c0ffee"])
+    assert offsets_of(durable_server) == [0] and offsets_of(plain) == []
+
+
+def test_replay_gives_each_client_only_its_targeted_events_in_batches(hub: Hub, connect: Callable[..., Any]) -> None:
+    place_tail(hub, [0, 0], replay_size=100)
+    for offset in range(10):
+        targeted(hub, offset, ["alice"] if offset % 2 else ["bob"] if offset % 3 == 0 else None)
+    live, _ = connect()
+    servers = {}
+    for name in ("alice", "bob"):
+        hub.join(live.group.filter)
+        servers[name] = FakeServer()
+        sub = hub.open(live.group, Connection(servers[name].send, 100), 15.0, {TOPIC: [0, 0]},
+                       viewer=Viewer.of_stream(name), batch_size=3)
+        assert sub.state == LIVE
+    assert offsets_of(servers["alice"]) == [1, 2, 3, 4, 5, 7, 8, 9]
+    assert offsets_of(servers["bob"]) == [0, 2, 4, 6, 8]
+    assert [len(list(SSEParser().feed(body))) for body in servers["alice"].bodies] == [3, 3, 2]  # 3 per write

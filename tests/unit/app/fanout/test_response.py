@@ -54,11 +54,12 @@ async def test_stream_sends_headers_then_retry_then_is_live_until_the_client_lea
     task = asyncio.create_task(EventStreamResponse(hub, joined(hub), None, 15.0, "gzip")({}, client.receive,
                                                                                          client.send))
     await settle()
-    start, retry = client.messages
+    start, retry, named = client.messages
     assert start["type"] == "http.response.start" and start["status"] == 200
     headers = dict(start["headers"])
     assert headers[b"content-type"].startswith(b"text/event-stream") and headers[b"content-encoding"] == b"gzip"
-    assert retry["body"] and retry["more_body"]  # `retry:` compressed
+    assert retry["body"] and retry["more_body"] and named["body"]  # `retry:`, then `: stream <id>`, compressed
+    assert len(headers[b"es-stream-id"]) == 16
     [sub] = hub.subscribers
     assert sub.state == LIVE and sub.heartbeat_s == 15.0
     client.leave.set()

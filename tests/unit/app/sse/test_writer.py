@@ -216,3 +216,41 @@ async def test_paused_client_refuses_once_the_queued_bytes_would_pass_max_bytes(
     await settle()
     assert conn.buffered_bytes == 0 and server.bodies == [b"first", b"1234567890"]
     assert conn.write(b"again")
+
+
+async def test_write_batch_joins_frames_into_one_socket_write() -> None:
+    server = FakeServer()
+    conn = Connection(server.send, max_buffer=4)
+    assert conn.write_batch([b"a", b"b", b"c"]) == 3
+    assert server.bodies == [b"abc"]
+
+
+async def test_write_batch_splits_at_the_chunk_size() -> None:
+    from app.sse.writer import MAX_CHUNK_BYTES
+
+    server = FakeServer()
+    conn = Connection(server.send, max_buffer=4)
+    big = b"x" * (MAX_CHUNK_BYTES // 2)
+    assert conn.write_batch([big, big, big, b"y"]) == 4
+    assert [len(body) for body in server.bodies] == [MAX_CHUNK_BYTES, MAX_CHUNK_BYTES // 2 + 1]
+
+
+async def test_write_batch_to_a_slow_client_queues_frame_by_frame_and_stops_at_the_bound() -> None:
+    server = FakeServer()
+    server.writable.clear()
+    conn = Connection(server.send, max_buffer=2)
+    assert conn.write_batch([b"1", b"2"]) == 2  # one write, which stalls in the server
+    assert conn.blocked
+    assert conn.write_batch([b"3", b"4", b"5", b"6"]) == 2  # 3 and 4 queue one by one; 5 is refused
+    assert list(conn.buffer) == [b"3", b"4"]
+    server.writable.set()
+    await settle()
+    assert b"".join(server.bodies) == b"1234"
+
+
+async def test_write_batch_goes_straight_to_the_transport_as_one_chunk() -> None:
+    cycle = FakeCycle()
+    conn = Connection(pass_through(cycle.send), max_buffer=4)
+    assert conn.direct
+    conn.write_batch([b"ab", b"cd"])
+    assert cycle.transport.writes == [b"4\r\nabcd\r\n"]
