@@ -97,11 +97,14 @@ class EdgeCollector(Collector):
     def _hub(self, hub: Any, services: Any) -> Iterator[Metric]:
         durable = len(services.connections.live) if services is not None else 0
         named = services.endpoints.streams_here() if services is not None else 0
+        shared = sum(len(streams) for streams in services.connections.shared.values()) if services is not None else 0
         streams = GaugeMetricFamily("eventstream_streams_active", "Open SSE streams by kind (plain, durable, "
+                                                                  "shared: members of shared connections, "
                                                                   "endpoint: named endpoints, stats: the edge's "
                                                                   "own stats stream).", labels=["kind"])
         streams.add_metric(["plain"], max(0, len(hub.subscribers) - durable - named))
         streams.add_metric(["durable"], durable)
+        streams.add_metric(["shared"], shared)
         streams.add_metric(["endpoint"], named)
         streams.add_metric(["stats"], self.figures.stats_streams)
         yield streams

@@ -199,6 +199,28 @@ async def test_a_shared_connection_refuses_streams_past_its_member_limit(setting
             await member.close()
 
 
+async def test_a_shared_stream_counts_against_the_edges_stream_limit(settings, edge_factory, new_topic) -> None:
+    topic = await new_topic(PARTITIONS, prefix="shr")
+    edge = edge_factory(settings.model_copy(update={"stream_max_clients": 1}))
+    conn_id = create_shared(edge, topic)
+    member = await Member(edge, conn_id).start()
+    try:
+        flt = orjson.dumps({"topics": [topic]}).decode()
+        resp = httpx.get(f"{edge.url}/api/v1/events/stream", params={"filter": flt})
+        assert resp.status_code == 503, resp.text
+        assert "limit of 1 streams" in resp.json()["detail"]
+    finally:
+        await member.close()
+    for _ in range(50):  # the slot is given back when the shared stream ends
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=5.0)) as client:
+            async with client.stream("GET", f"{edge.url}/api/v1/events/stream",
+                                     params={"filter": orjson.dumps({"topics": [topic]}).decode()}) as resp:
+                if resp.status_code == 200:
+                    break
+        await asyncio.sleep(0.2)
+    assert resp.status_code == 200
+
+
 async def test_subscriber_gives_up_after_the_connections_max_retries(settings, edge_factory, new_topic) -> None:
     topic = await new_topic(PARTITIONS, prefix="shr")
     edge = edge_factory(settings)

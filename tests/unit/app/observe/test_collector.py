@@ -22,7 +22,7 @@ def state_for(hub: Hub, *, members: int = 2) -> Any:
     hub.catchup.busy, hub.catchup.size, hub.catchup.waiting = 1, 8, 0  # type: ignore[attr-defined, misc]
     ready = asyncio.Event()
     ready.set()
-    services = SimpleNamespace(ready=ready, connections=SimpleNamespace(live={}),
+    services = SimpleNamespace(ready=ready, connections=SimpleNamespace(live={}, shared={}),
                                endpoints=SimpleNamespace(streams_here=lambda: 0))
     watch = SimpleNamespace(kafka={"up": True}, group={"error": None, "members": [{}] * members, "total_lag": 7})
     return SimpleNamespace(services=services, hub=hub, watch=watch)
@@ -77,10 +77,11 @@ def test_streams_are_counted_by_kind(hub: Hub, connect: Callable[..., Any]) -> N
     figures.stats_streams = 1
     state = state_for(hub)
     state.services.connections.live = {"c1": {"status": "connected"}}
+    state.services.connections.shared = {"c2": {"s1": print, "s2": print}}  # two member streams of one connection
     state.services.endpoints.streams_here = lambda: 1
     found = scrape(state, figures)
     kinds = {s.labels["kind"]: s.value for s in found["eventstream_streams_active"]}
-    assert kinds == {"plain": 1, "durable": 1, "endpoint": 1, "stats": 1}
+    assert kinds == {"plain": 1, "durable": 1, "shared": 2, "endpoint": 1, "stats": 1}
 
 
 def test_a_scrape_before_the_lifespan_says_the_edge_is_not_ready() -> None:
