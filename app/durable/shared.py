@@ -111,13 +111,8 @@ class GroupMembers(GroupOffsets):
 
     async def counted(self, group: str) -> dict[TopicPartition, Counted]:
         """Return each partition's committed offset and the counters its commit carries."""
-        try:
-            node = await self._coordinator(group)
-            found = await self._client().list_consumer_group_offsets(group, node)
-        except KafkaError as exc:
-            self._coordinators.pop(group, None)
-            raise BrokerUnavailable(f"reading offsets of group {group!r} failed: {exc}") from exc
-        return {tp: parse_meta(meta.offset, meta.metadata) for tp, meta in found.items() if meta.offset >= 0}
+        found = await self.committed_with_metadata(group)
+        return {tp: parse_meta(meta.offset, meta.metadata) for tp, meta in found.items()}
 
 
 class SharedMember(ConsumerRebalanceListener):

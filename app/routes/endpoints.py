@@ -5,14 +5,22 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.auth import AdminOnly, CurrentPrincipal, check_topics
 from app.directory import Endpoints, EndpointSpec, EndpointStreamResponse
 from app.fanout.response import EventStreamResponse
 from app.limits import Limits
-from app.routes.stream import open_stream
+from app.routes.stream import (
+    ACCEPT_ENCODING,
+    COMPRESSION,
+    HEARTBEAT,
+    LAST_EVENT_ID,
+    LAST_EVENT_ID_HEADER,
+    SINCE,
+    open_stream,
+)
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["endpoints"])
 NAME = Path(description="The endpoint's name, e.g. `ci-failures`.")
@@ -84,14 +92,12 @@ async def stream_endpoint(
     limits: Limits,
     principal: CurrentPrincipal,
     name: str = NAME,
-    heartbeat: float | None = Query(None, gt=0, le=3600, description="Seconds between `: ping` comments "
-                                                                     "when idle (default 15)."),
-    compression: bool = Query(False, description="Compress with br or gzip, chosen from Accept-Encoding."),
-    since: str | None = Query(None, description="Start from this ISO-8601 time instead of live."),
-    last_event_id: str | None = Query(None, alias="lastEventId",
-                                      description="Resume token, for clients that cannot send the header."),
-    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
-    accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
+    heartbeat: float | None = HEARTBEAT,
+    compression: bool = COMPRESSION,
+    since: str | None = SINCE,
+    last_event_id: str | None = LAST_EVENT_ID,
+    last_event_id_header: str | None = LAST_EVENT_ID_HEADER,
+    accept_encoding: str | None = ACCEPT_ENCODING,
 ) -> Response:
     """Open the endpoint's stream with the plain stream's semantics (live, `since`, Last-Event-ID resume,
     compression, heartbeat); the credential needs subscribe on every topic of the endpoint's filter."""

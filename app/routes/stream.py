@@ -33,6 +33,15 @@ FILTER_DOC = ('JSON EventFilter: {"topics": [...], "types": ["workflow.*"], "sou
               '`topics` defaults to the service default topic.')
 
 
+# The plain stream's query and header parameters, shared with the endpoint stream (app/routes/endpoints.py).
+HEARTBEAT = Query(None, gt=0, le=3600, description="Seconds between `: ping` comments when idle (default 15).")
+COMPRESSION = Query(False, description="Compress with br or gzip, chosen from Accept-Encoding.")
+SINCE = Query(None, description="Start from this ISO-8601 time instead of live.")
+LAST_EVENT_ID = Query(None, alias="lastEventId", description="Resume token, for clients that cannot send the header.")
+LAST_EVENT_ID_HEADER = Header(None, alias="Last-Event-ID")
+ACCEPT_ENCODING = Header(None, alias="Accept-Encoding")
+
+
 def over_capacity(hub: Hub) -> Response | None:
     """Return a 503 problem when the edge is shutting down or serves its stream limit, else None."""
     if not hub.closing and hub.has_room():
@@ -130,14 +139,12 @@ async def stream_events(
     request: Request,
     limits: Limits,
     filter: str | None = Query(None, description=FILTER_DOC),
-    heartbeat: float | None = Query(None, gt=0, le=3600, description="Seconds between `: ping` comments "
-                                                                     "when idle (default 15)."),
-    compression: bool = Query(False, description="Compress with br or gzip, chosen from Accept-Encoding."),
-    since: str | None = Query(None, description="Start from this ISO-8601 time instead of live."),
-    last_event_id: str | None = Query(None, alias="lastEventId",
-                                      description="Resume token, for clients that cannot send the header."),
-    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
-    accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
+    heartbeat: float | None = HEARTBEAT,
+    compression: bool = COMPRESSION,
+    since: str | None = SINCE,
+    last_event_id: str | None = LAST_EVENT_ID,
+    last_event_id_header: str | None = LAST_EVENT_ID_HEADER,
+    accept_encoding: str | None = ACCEPT_ENCODING,
 ) -> Response:
     """Open a stream: live by default, from `since`, or exactly after the event a token names. An event with
     `recipients` reaches it only when they name the principal's `sub` (an admin's stream too)."""

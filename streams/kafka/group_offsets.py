@@ -11,6 +11,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, for_code
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.structs import OffsetAndMetadata
 
 from streams.errors import BrokerUnavailable, StreamError
 from streams.kafka import clients
@@ -92,13 +93,17 @@ class GroupOffsets(clients.AdminSession):
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         """Return the group's committed offsets (empty when the group has none)."""
+        return {tp: meta.offset for tp, meta in (await self.committed_with_metadata(group)).items()}
+
+    async def committed_with_metadata(self, group: str) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Return the group's committed offsets with the metadata each commit carries."""
         try:
             node = await self._coordinator(group)
             found = await self._client().list_consumer_group_offsets(group, node)
         except KafkaError as exc:
             self._coordinators.pop(group, None)
             raise BrokerUnavailable(f"reading offsets of group {group!r} failed: {exc}") from exc
-        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+        return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
 
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Return the high watermark of each partition."""

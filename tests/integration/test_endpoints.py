@@ -80,7 +80,7 @@ async def test_an_endpoint_is_created_streamed_listed_and_deleted_its_stream_end
     await asyncio.sleep(0.5)  # time for anything that should not come
     assert_exact(client.seqs(), range(0, 20, 2))  # the failed runs, and only those
     assert httpx.get(f"{edge_b.url}{ENDPOINTS}/ci-failures").json()["streams_here"] == 1
-    assert streams_active(edge_b) == {"plain": 0, "durable": 0, "endpoint": 1, "stats": 0}
+    assert streams_active(edge_b) == {"plain": 0, "durable": 0, "shared": 0, "endpoint": 1, "stats": 0}
 
     assert httpx.delete(f"{edge_a.url}{ENDPOINTS}/ci-failures").status_code == 204
     await asyncio.wait_for(client.ended.wait(), 10)  # edge B read the tombstone and ended its stream
