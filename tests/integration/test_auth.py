@@ -227,6 +227,10 @@ async def test_python_subscriber_renews_its_token_and_misses_nothing(edge: Any, 
         for start in range(0, 60, 10):  # spread over ~6 s: across at least one renewal
             await publish_seq(producer, topic, start, 10)
             await asyncio.sleep(1.0)
-        await asyncio.wait_for(reader, 30)
+        try:
+            await asyncio.wait_for(reader, 30)
+        except TimeoutError:  # say how far it got, so a stall is told from a loss
+            raise AssertionError(f"{len(received)} of 60 events in 30 s (last {received[-3:]}), "
+                                 f"{subscription.reconnects} reconnects, {len(issued)} tokens") from None
     assert len(issued) >= 2 and subscription.reconnects >= 1
     assert_exact(received, range(60))
