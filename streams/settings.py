@@ -62,9 +62,11 @@ class Settings(BaseSettings):
     # and history cursor under the token size limit, app/fanout/tokens.py), and only these config keys.
     topic_max_partitions: int = Field(128, ge=1, le=10_000)
     topic_allowed_configs: str = TOPIC_CONFIGS
-    # Producer: compression codec, linger (ms) and request timeout (ms).
+    # Producer: compression codec, linger (ms) and request timeout (ms). Linger 0 still batches under load
+    # (aiokafka keeps one request in flight per broker and fills the next batch meanwhile) and halves the
+    # end-to-end p50 at 10 events/s (bench/e2e_latency.py; README "Benchmarks").
     compression: Compression = "snappy"
-    linger_ms: int = Field(2, ge=0)
+    linger_ms: int = Field(0, ge=0)
     request_timeout_ms: int = Field(15_000, ge=1000)
     # Publish: seconds a publish waits for Kafka's acknowledgement before it answers 503 (the event may
     # still be written later; a retry with the same id is deduplicated by the worker).
@@ -182,7 +184,7 @@ class Settings(BaseSettings):
     route_max_attempts: int = Field(5, ge=1)
     route_backoff_ms: int = Field(100, ge=0)
     # Live-path latency: producer linger (ms) and how long the broker may hold an empty fetch (ms).
-    worker_linger_ms: int = Field(1, ge=0)
+    worker_linger_ms: int = Field(0, ge=0)
     worker_fetch_max_wait_ms: int = Field(10, ge=0, le=5000)
     # Offset commit interval (s), group session timeout (s; the broker's minimum is 6), and records
     # in flight (sent, not yet acknowledged) above which the agent waits.
