@@ -122,6 +122,8 @@ def main() -> int:
             f"  live stream      {base}/api/v1/events/stream   (SSE; ?filter={{\"types\":[\"workflow.*\"]}})\n"
             f"  history          {base}/api/v1/events/history\n"
             f"  connections      {base}/api/v1/connections   stats {base}/api/v1/stats\n"
+            f"  endpoints        {base}/api/v1/endpoints   open streams (every edge) {base}/api/v1/streams\n"
+            f"  dashboard        {base}/dashboard\n"
             f"  topics           {base}/api/v1/topics\n"
             f"  schema registry  {base}/api/v1/registry\n"
             f"  health           {base}/healthz  {base}/readyz\n"
