@@ -67,7 +67,8 @@ class EndpointSpec(BaseModel):
         "name": "ci-failures", "description": "CI runs that failed",
         "filter": {"topics": ["ci"], "types": ["ci.run.*"], "where": {"status": ["failed", "error"]}}}]})
 
-    name: str = Field(description=f"The endpoint's name in its URL: {NAME_RULE}.", examples=["ci-failures"])
+    name: str = Field(description=f"The endpoint's name in its URL: {NAME_RULE}.", examples=["ci-failures"],
+                      json_schema_extra={"pattern": NAME.pattern})  # in the schema; the validator words the error
     filter: EventFilter = Field(description="What the endpoint streams: the EventFilter of /api/v1/events/stream.")
     description: str = Field("", max_length=MAX_DESCRIPTION_CHARS, description="What it is for, for people.")
 
