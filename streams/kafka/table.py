@@ -29,9 +29,12 @@ Listener = Callable[[str, dict[str, Any] | None], None]
 class CompactedTable:
     """JSON values by string key on a one-partition compacted topic; None deletes (a tombstone)."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, *, ignore: frozenset[str] = frozenset()) -> None:
+        """`ignore`: keys this process writes but never needs to read back (their records are skipped
+        unparsed, e.g. an edge's own presence entry of every stream it holds)."""
         self.settings = settings
         self.topic = topic
+        self._ignore = ignore
         self._tp = TopicPartition(topic, 0)
         self._data: dict[str, dict[str, Any]] = {}
         self._applied = 0  # next offset to apply
@@ -101,6 +104,8 @@ class CompactedTable:
         if raw_key is None:
             return
         key = raw_key.decode()
+        if key in self._ignore:
+            return
         try:
             value = orjson.loads(raw_value) if raw_value is not None else None
         except orjson.JSONDecodeError:

@@ -298,3 +298,17 @@ async def test_the_reader_restarts_after_a_failure_from_the_first_record_not_app
         while table.get("a") is None:
             await asyncio.sleep(0.01)
     assert table._reader is not None and not table._reader.done()
+
+
+async def test_an_ignored_key_is_written_for_others_but_never_parsed_back(log: FakeLog, tables: Any) -> None:
+    other = await tables()
+    own = CompactedTable(SETTINGS, TOPIC, ignore=frozenset({"edge-1"}))
+    await own.start()
+    try:
+        await own.put("edge-1", {"streams": [1, 2, 3]})  # returns: the write was read back, then skipped
+        await own.put("edge-2", {"streams": []})
+        await other.catch_up()
+        assert own.get("edge-1") is None and own.get("edge-2") == {"streams": []}
+        assert other.get("edge-1") == {"streams": [1, 2, 3]}
+    finally:
+        await own.stop()
