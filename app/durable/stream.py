@@ -231,7 +231,7 @@ class SharedStreamResponse(Response):
             batch=self.options.batchSize, viewer=self.viewer)
         tasks: list[asyncio.Task[None]] = []
         self.connections.joined(self.conn_id, self.stream_id, lambda why: conn.close(format_comment(f"closing: {why}")))
-        self.hub.leases += 1  # counts against ES_STREAM_MAX_CLIENTS like the streams the hub serves
+        self.hub.hold_slot()  # counts against ES_STREAM_MAX_CLIENTS like the streams the hub serves
         try:
             try:
                 await member.start()
@@ -246,7 +246,7 @@ class SharedStreamResponse(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
         finally:
-            self.hub.leases -= 1
+            self.hub.release_slot()
             self.connections.left(self.conn_id, self.stream_id)
             self.hub.streams.discard(self.stream_id)
             for task in tasks:

@@ -317,14 +317,9 @@ class CatchUpJob:
         targeted = any(entry[4] is not None for entry in pending)
         for sub in list(self.subs):
             mine = [entry for entry in pending if addressed_to(entry[4], sub.viewer)] if targeted else pending
-            size, conn, taken = sub.batch_size, sub.conn, 0
-            for first in range(0, len(mine), size):
-                chunk = mine[first:first + size]
-                done = conn.write_batch([entry[0] for entry in chunk]) if size > 1 else int(conn.write(chunk[0][0]))
-                taken += done
-                if done < len(chunk):
-                    self._drop(sub, self._missed(chunk[done]))
-                    break
+            taken = sub.conn.write_frames([entry[0] for entry in mine], sub.batch_size)
+            if taken < len(mine):
+                self._drop(sub, self._missed(mine[taken]))
             sub.delivered += taken  # the stream's own count (GET /api/v1/streams)
             self.ports.delivered(taken)
 

@@ -198,6 +198,14 @@ class Hub:
         self.leases += 1
         return group
 
+    def hold_slot(self) -> None:
+        """Count a stream the hub does not feed (a shared connection's member) against `stream_max_clients`."""
+        self.leases += 1
+
+    def release_slot(self) -> None:
+        """Give back a slot taken by `hold_slot`."""
+        self.leases -= 1
+
     def release(self, group: FilterGroup) -> None:
         """Give back a lease taken by `prepare`; the last one removes the group."""
         self.leases -= 1
@@ -372,17 +380,13 @@ class Hub:
         frames = self.replay_frames.build(group, start, tails)  # shared by every client resuming from `start`
         if any(recipients is not None for _, _, recipients in frames):
             frames = [entry for entry in frames if addressed_to(entry[2], sub.viewer)]
-        before, size, conn = start, sub.batch_size, sub.conn
-        for first in range(0, len(frames), size):  # up to `batch_size` events per socket write
-            chunk = frames[first:first + size]
-            taken = conn.write_batch([entry[0] for entry in chunk]) if size > 1 else int(conn.write(chunk[0][0]))
-            self.deliveries += taken
-            sub.delivered += taken
-            if taken:
-                before = chunk[taken - 1][1]
-            if taken < len(chunk):
-                self.requeue(sub, {t: list(offsets) for t, offsets in before.items()})
-                return True
+        taken = sub.conn.write_frames([entry[0] for entry in frames], sub.batch_size)  # up to batch_size per write
+        self.deliveries += taken
+        sub.delivered += taken
+        if taken < len(frames):
+            before = frames[taken - 1][1] if taken else start
+            self.requeue(sub, {t: list(offsets) for t, offsets in before.items()})
+            return True
         self.replays += 1
         self._attach(sub)
         return True

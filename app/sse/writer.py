@@ -202,6 +202,23 @@ class Connection:
             taken = end
         return taken
 
+    def write_frames(self, frames: list[bytes], per_write: int = 1) -> int:
+        """Write frames in order, up to `per_write` per socket write (`write_batch`); return how many were
+        taken, stopping at the first one refused (the client's queue is full)."""
+        if per_write <= 1:
+            for index, frame in enumerate(frames):
+                if not self.write(frame):
+                    return index
+            return len(frames)
+        taken = 0
+        for first in range(0, len(frames), per_write):
+            chunk = frames[first:first + per_write]
+            done = self.write_batch(chunk)
+            taken += done
+            if done < len(chunk):
+                break
+        return taken
+
     def _write_joined(self, frames: list[bytes]) -> None:
         """Write frames as one chunk (not blocked: written now, or queued whole if the transport pauses)."""
         Connection.write(self, b"".join(frames))
