@@ -126,7 +126,9 @@ class KafkaWatch(clients.AdminSession):
         names = self._names
         service = [s.ingress_topic, s.default_topic, s.dlq_topic]
         others = [t for t in names if t not in service and not s.is_internal(t)]
-        chosen = [t for t in service if t in names] + others[:MAX_TOPICS - len(service)]
+        # The service's own topics are described every sample, whatever the (minute-old) name list says: a
+        # topic created since shows at once, and one that does not exist is dropped by `_partitions`.
+        chosen = service + others[:MAX_TOPICS - len(service)]
         counts = await self._partitions(chosen) if chosen else {}
         tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
         low = await self._reader().beginning_offsets(tps) if tps else {}
