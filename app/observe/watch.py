@@ -85,6 +85,9 @@ class KafkaWatch(clients.AdminSession):
     async def sample(self) -> None:
         """Take one sample of everything (errors are kept as the reason, never raised)."""
         await self._sample_kafka()
+        # When Kafka's answer was taken (what the kafka component reports): set before the other steps, so a
+        # report never shows a sampled worker group beside a Kafka "not sampled yet".
+        self.sampled_at = time.time()
         if self.kafka["up"]:
             for step in (self._sample_topics, self._sample_group):
                 try:
@@ -92,7 +95,6 @@ class KafkaWatch(clients.AdminSession):
                 except (KafkaError, StreamError, OSError, KeyError, IndexError) as exc:
                     log.info("Sampling for the health report failed (%s): %s", step.__name__, exc)
         await self._sample_worker()
-        self.sampled_at = time.time()
 
     # ------------------------------------------------------------------ samples
 
