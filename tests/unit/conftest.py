@@ -1,4 +1,4 @@
-"""Unit fixtures: a hub with a fake tail and pool, and a factory of connected subscribers."""
+"""Unit fixtures: no broker, a hub with a fake tail and pool, and a factory of connected subscribers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,13 @@ from app.fanout.tail import TailReader
 from app.sse.writer import Connection
 from streams.settings import Settings
 from tests.unit.fakes import TOPIC, FakePool, FakeServer
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point Kafka clients at a port nothing listens on, so a unit test that reaches a real broker fails
+    here as it would on a machine without one, instead of passing against whatever broker happens to run."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from app.lifespan import Services, edge_lifespan
 from streams.errors import BrokerUnavailable
 from streams.settings import Settings
 
-ORDER = ["registry", "topics", "producer", "connections", "hub", "presence", "control", "dead_letters"]
+ORDER = ["registry", "topics", "producer", "connections", "endpoints", "hub", "presence", "control", "dead_letters"]
 
 
 class Fake:
@@ -77,8 +77,8 @@ async def test_components_start_in_dependency_order_and_stop_in_reverse(make_ser
         started = list(log)
     s = services.settings
     assert started == ["start registry", "start topics", f"ensure {s.ingress_topic}", f"ensure {s.dlq_topic}",
-                       f"ensure {s.default_topic}", "start producer", "start connections", "start hub",
-                       "start presence", "start control", "start dead_letters"]
+                       f"ensure {s.default_topic}", "start producer", "start connections", "start endpoints",
+                       "start hub", "start presence", "start control", "start dead_letters"]
     assert log[len(started):] == [f"stop {name}" for name in reversed(ORDER)]
 
 
@@ -91,8 +91,8 @@ async def test_failed_start_closes_what_started_and_retries_with_backoff(make_se
     opened = ["start registry", "start topics", f"ensure {s.ingress_topic}", f"ensure {s.dlq_topic}",
               f"ensure {s.default_topic}", "start producer"]
     failed_try = [*opened, "stop producer", "stop topics", "stop registry"]
-    assert log == [*failed_try, *failed_try, *opened, "start connections", "start hub", "start presence",
-                   "start control", "start dead_letters", *(f"stop {name}" for name in reversed(ORDER))]
+    assert log == [*failed_try, *failed_try, *opened, "start connections", "start endpoints", "start hub",
+                   "start presence", "start control", "start dead_letters", *(f"stop {name}" for name in reversed(ORDER))]
     assert fast_sleep == [0.5, 1.0]
 
 
@@ -141,11 +141,13 @@ async def test_edge_lifespan_exposes_the_components_and_ends_streams_on_signals(
     monkeypatch.setattr(edge, "Services", lambda settings: services)
     watched: list[Any] = []
     monkeypatch.setattr(edge, "close_on_exit_signals", watched.append)
+    monkeypatch.setattr(edge, "KafkaWatch", lambda settings: Fake("watch", log))
     app = FastAPI()
     async with edge_lifespan(Settings())(app):
         await services.wait_ready(5)
         assert app.state.services is services
         assert (app.state.registry, app.state.hub, app.state.dead_letters) == (
             services.registry, services.hub, services.dead_letters)
-        assert watched == [services.hub]
+        assert watched == [services.hub] and app.state.watch.name == "watch"
+    assert "start watch" in log and log.index("stop watch") < log.index("stop dead_letters")
     assert log[-1] == "stop registry"
