@@ -92,7 +92,8 @@ async def test_failed_start_closes_what_started_and_retries_with_backoff(make_se
               f"ensure {s.default_topic}", "start producer"]
     failed_try = [*opened, "stop producer", "stop topics", "stop registry"]
     assert log == [*failed_try, *failed_try, *opened, "start connections", "start endpoints", "start hub",
-                   "start presence", "start control", "start dead_letters", *(f"stop {name}" for name in reversed(ORDER))]
+                   "start presence", "start control", "start dead_letters",
+                   *(f"stop {name}" for name in reversed(ORDER))]
     assert fast_sleep == [0.5, 1.0]
 
 
