@@ -193,8 +193,9 @@ class RequestLimits:
         return await self.limiter.open_stream(principal_key(self.request))
 
 
-def request_limits(request: Request) -> RequestLimits:
-    """Return the rate limits of this request (the FastAPI dependency behind `Limits`)."""
+async def request_limits(request: Request) -> RequestLimits:
+    """Return the rate limits of this request (the FastAPI dependency behind `Limits`; async, so FastAPI does
+    not hand it to its thread pool)."""
     return RequestLimits(request.app.state.limiter, request)
 
 

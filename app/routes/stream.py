@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.auth import check_topics
-from app.auth.guard import current_principal
+from app.auth.guard import principal_in
 from app.fanout.filters import CompiledFilter, FilterError, Viewer, parse_filter
 from app.fanout.history import MAX_LIMIT
 from app.fanout.hub import Hub
@@ -120,7 +120,7 @@ async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, Compil
     else:
         _compiled.move_to_end(key)
     # Every topic of the filter needs a subscribe scope (403 naming it); internal topics need admin.
-    check_topics(current_principal(request), "subscribe", flt.topics, services.settings)
+    check_topics(principal_in(request), "subscribe", flt.topics, services.settings)
     return request.app.state.hub, flt
 
 
@@ -179,8 +179,8 @@ async def open_stream(request: Request, limits: RequestLimits, hub: Hub, flt: Co
     heartbeat_s = heartbeat or hub.settings.stream_heartbeat_s
     response = make_response(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
     response.kind, response.endpoint = kind, endpoint
-    response.expires_at = current_principal(request).expires_at  # `token-expiring`, then the end at `exp`
-    response.viewer = Viewer.of_stream(current_principal(request).sub)  # targeted events naming it
+    response.expires_at = principal_in(request).expires_at  # `token-expiring`, then the end at `exp`
+    response.viewer = Viewer.of_stream(principal_in(request).sub)  # targeted events naming it
     return slot.hold(response)
 
 
@@ -209,7 +209,7 @@ async def event_history(
 
 def history_viewer(request: Request) -> Viewer:
     """Return who reads history: the principal and the durable connections it owns (admin: everything)."""
-    principal = current_principal(request)
+    principal = principal_in(request)
     table = request.app.state.services.connections.table
     owned = [conn_id for conn_id, definition in table.items() if definition.get("owner") == principal.sub]
     return Viewer.of_history(principal.sub, principal.is_admin, owned)

@@ -3,6 +3,7 @@ without a credential, admin routes 403 without `admin`; carriers, ES_AUTH=off, C
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from typing import Any
@@ -234,3 +235,26 @@ def test_query_tokens_are_redacted_from_server_log_lines(caplog: pytest.LogCaptu
         logging.getLogger("uvicorn.access").info('%s - "GET %s HTTP/1.1" 200', "127.0.0.1",
                                                  f"/api/v1/events/stream?access_token={secret}&x=1")
     assert secret not in caplog.text and "access_token=[redacted]" in caplog.text
+
+
+def sync_calls(dependant: Any) -> list[str]:
+    """Return the plain-`def` callables (endpoint or dependency, at any depth) FastAPI would run in its thread pool."""
+    found, todo = [], [dependant]
+    while todo:
+        dep = todo.pop()
+        call = dep.call
+        if call is not None and not inspect.isclass(call) and not inspect.iscoroutinefunction(call):
+            found.append(getattr(call, "__qualname__", repr(call)))
+        todo.extend(dep.dependencies)
+    return found
+
+
+def test_no_route_or_dependency_runs_in_the_thread_pool() -> None:
+    """A plain-def dependency costs every request a thread hop: about a tenth of a publish's CPU when
+    `CurrentPrincipal` and `Limits` were plain functions (py-spy over bench/publish_bench.py's load)."""
+    sync = {}
+    for route in iter_route_contexts(APP.routes):
+        dependant = getattr(route.route, "dependant", None)
+        if dependant is not None and sync_calls(dependant):
+            sync[route.path] = sync_calls(dependant)
+    assert len(PROTECTED) > 40 and sync == {}
