@@ -3,6 +3,11 @@
 Keys: an HS256 secret, a PEM public key (RS256 for RSA, ES256/384/512 for the EC curve), or a JWKS URL
 whose keys are cached and fetched again when a token names an unknown `kid` (at most once per
 `JWKS_REFETCH_S`, so forged kids cannot make the edge hammer the identity provider).
+
+A token verified once is remembered (`VERIFIED_CACHE` of them) with the key set that verified it: the
+same bytes are then accepted until their `exp` (plus the leeway) without verifying again. Checking the
+token was about a sixth of the edge's CPU per single POST; only expiry depends on the time, and a
+refreshed JWKS forgets every remembered token.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from app.auth.errors import AuthConfigError, Unauthenticated
 log = logging.getLogger(__name__)
 JWKS_REFETCH_S = 30.0  # the shortest time between two fetches of the JWKS
 JWKS_TIMEOUT_S = 5.0
+VERIFIED_CACHE = 1024  # tokens whose verified claims are kept (about 1 KB each); the oldest goes first
 EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 
@@ -112,9 +118,27 @@ class JwtVerifier:
             raise AuthConfigError("a JWT verifier needs exactly one of a key and a JWKS")
         self.key, self.jwks = key, jwks
         self.audience, self.issuer, self.leeway_s = audience, issuer, leeway_s
+        self._verified: dict[str, tuple[dict[str, Any], object]] = {}  # token -> (claims, key set verifying it)
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """Return the verified claims, raising Unauthenticated with the reason (forged, expired...)."""
+        """Return the verified claims (do not change them), raising Unauthenticated with the reason."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            claims, keys = hit
+            if keys is self._keys() and time.time() < float(claims["exp"]) + self.leeway_s:  # PyJWT's exp rule
+                return claims
+            del self._verified[token]  # expired (verify again says so) or the key set changed
+        claims = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (claims, self._keys())
+        return claims
+
+    def _keys(self) -> object:
+        """The key set in use: a JWKS refresh replaces it, which no remembered token survives."""
+        return self.key if self.jwks is None else self.jwks.keys
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -174,3 +175,63 @@ async def test_unknown_kid_refetches_at_most_once_per_interval(jwks: tuple[JwksS
     value = jwt.encode({"sub": "r", "exp": time.time() + 60}, rotated, "RS256", headers={"kid": "k2"})
     assert (await verifier.verify(value))["sub"] == "r"
     assert server.fetches == 2
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count PyJWT's full verifications."""
+    calls: list[str] = []
+    real = jwt.decode
+
+    def decode(value: str, *args: object, **kwargs: object) -> object:
+        calls.append(value)
+        return real(value, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", decode)
+    return calls
+
+
+async def test_a_verified_token_is_remembered_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch)
+    verifier = JwtVerifier(key=HS, leeway_s=0.5)
+    value = token("alice", ttl_s=1.0)
+    exp = jwt.decode(value, options={"verify_signature": False})["exp"]
+    for _ in range(5):
+        assert (await verifier.verify(value))["sub"] == "alice"
+    assert len(calls) == 2  # one verification, and the line above reading exp
+    await asyncio.sleep(max(0.0, exp + 0.5 - time.time()) + 0.05)  # past exp and the leeway (PyJWT's own clock)
+    assert "expired" in await reason(verifier, value)  # verified again, and refused
+    assert len(calls) == 3
+
+
+async def test_a_refused_token_is_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = counting(monkeypatch)
+    verifier = JwtVerifier(key=HS)
+    forged = token(secret="another-secret-of-at-least-32-bytes-long")
+    for _ in range(3):
+        assert "forged" in await reason(verifier, forged)
+    assert len(calls) == 3
+
+
+async def test_remembered_tokens_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.auth.jwt.VERIFIED_CACHE", 3)
+    calls = counting(monkeypatch)
+    verifier = JwtVerifier(key=HS)
+    values = [token(f"u{i}") for i in range(4)]
+    for value in values:
+        await verifier.verify(value)
+    await verifier.verify(values[3])
+    assert len(calls) == 4  # the newest is remembered
+    await verifier.verify(values[0])
+    assert len(calls) == 5 and len(verifier._verified) == 3  # the oldest was forgotten
+
+
+async def test_a_refreshed_jwks_forgets_the_remembered_tokens(jwks: tuple[JwksServer, rsa.RSAPrivateKey],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    server, private = jwks
+    keys = JwksKeys(server.url)
+    verifier = JwtVerifier(jwks=keys)
+    value = jwt.encode({"sub": "j", "exp": time.time() + 60}, private, "RS256", headers={"kid": "k1"})
+    await verifier.verify(value)
+    server.jwks = {"keys": [jwk(rsa_key(), "k2")]}  # the provider withdrew k1
+    await keys.refresh()
+    assert "unknown signing key" in await reason(verifier, value)
