@@ -23,7 +23,7 @@ from typing import Any, Literal
 from aiokafka import TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.durable.shared import GroupMembers
+from app.durable.shared import GroupMembers, TooManyMembers
 from app.fanout.filters import EventFilter
 from app.fanout.tokens import STREAM, check_room
 from streams.envelope import iso
@@ -97,6 +97,7 @@ class Connections:
         self.groups = GroupMembers(settings)
         self.live: dict[str, dict[str, Any]] = {}  # id -> runtime state of a stream on this process
         self.shared: dict[str, dict[str, Callable[[str], None]]] = {}  # id -> shared streams here -> their close
+        self.joining: dict[str, set[str]] = {}  # id -> shared streams opened here, not yet members of the group
         self._takeover: dict[str, Callable[[str], None]] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -315,6 +316,28 @@ class Connections:
         streams.pop(stream_id, None)
         if not streams:
             self.shared.pop(conn_id, None)
+
+    def reserve_member(self, conn_id: str, stream_id: str, members: int) -> None:
+        """Count a shared stream opening here until Kafka lists it in the group (in_group), raising
+        TooManyMembers when `members` (the group's) plus those already opening here reach the limit.
+
+        No await comes between the check and the count, so streams opening on one edge at once cannot
+        pass the limit together, which they did while the group had not yet listed any of them."""
+        joining = self.joining.setdefault(conn_id, set())
+        if members + len(joining) >= self.settings.connection_max_members:
+            if not joining:
+                del self.joining[conn_id]
+            raise TooManyMembers(f"connection {conn_id!r} has {members + len(joining)} streams, its limit "
+                                 "(ES_CONNECTION_MAX_MEMBERS); close one, or create another connection")
+        joining.add(stream_id)
+
+    def in_group(self, conn_id: str, stream_id: str) -> None:
+        """Stop counting a stream as opening: it has its partitions, or it ended, or it never started."""
+        joining = self.joining.get(conn_id)
+        if joining is not None:
+            joining.discard(stream_id)
+            if not joining:
+                del self.joining[conn_id]
 
     async def touch_shared(self, conn_id: str, offsets: Offsets) -> None:
         """Refresh last-seen time and the kept copy of the partitions a shared stream commits."""

@@ -121,8 +121,10 @@ class SharedMember(ConsumerRebalanceListener):
     def __init__(self, settings: Settings, *, group_id: str, stream_id: str, edge: str, flt: CompiledFilter,
                  layout: dict[str, int], conn: TrackedConnection, tokens: TokenCodec,
                  decode: Callable[[ConsumerRecord], Awaitable[dict[str, Any] | None]], groups: GroupMembers,
-                 kept: Offsets, heartbeat_s: float, batch: int, viewer: Viewer) -> None:
+                 kept: Offsets, heartbeat_s: float, batch: int, viewer: Viewer,
+                 in_group: Callable[[], None] = lambda: None) -> None:
         self.settings, self.group_id, self.flt, self.conn, self.viewer = settings, group_id, flt, conn, viewer
+        self.in_group = in_group  # called at each assignment: Kafka lists this member from then on
         self.tokens, self.decode, self.groups, self.kept = tokens, decode, groups, kept
         self.heartbeat_s, self.batch = heartbeat_s, max(1, min(batch, conn.max_buffer // 2 or 1))
         self.consumer = clients.group_member(settings, f"{MEMBER_TAG[1:]}{stream_id}@{edge}", group_id=group_id)
@@ -201,6 +203,7 @@ class SharedMember(ConsumerRebalanceListener):
                     known[tp.partition] = found.offset
             self.assigned = set(assigned)
             self.samples.clear()
+            self.in_group()
             log.info("Shared connection group %s: this stream now serves %s.", self.group_id,
                      ", ".join(f"{tp.topic}-{tp.partition}" for tp in sorted(assigned)) or "no partition")
 

@@ -214,6 +214,12 @@ class SharedStreamResponse(Response):
         self.expires_at: float | None = None  # Unix time the stream's credential expires (None: never)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self._serve(scope, receive, send)
+        finally:  # however it ended, even before joining: no longer counted as opening (the member limit)
+            self.connections.in_group(self.conn_id, self.stream_id)
+
+    async def _serve(self, scope: Any, receive: Any, send: Any) -> None:
         settings = self.hub.settings
         layout = {topic: len(await self.connections.topics.partitions(topic)) for topic in self.flt.topics}
         kept = await self.connections.committed(self.conn_id)  # before the response starts: no broker is a 503
@@ -228,7 +234,8 @@ class SharedStreamResponse(Response):
             settings, group_id=self.connections.group_id(self.conn_id), stream_id=self.stream_id, edge=self.edge,
             flt=self.flt, layout=layout, conn=conn, tokens=self.hub.tokens, decode=self.hub.decoder.decode,
             groups=self.connections.groups, kept=kept, heartbeat_s=self.options.heartbeatInterval / 1000,
-            batch=self.options.batchSize, viewer=self.viewer)
+            batch=self.options.batchSize, viewer=self.viewer,
+            in_group=lambda: self.connections.in_group(self.conn_id, self.stream_id))
         tasks: list[asyncio.Task[None]] = []
         self.connections.joined(self.conn_id, self.stream_id, lambda why: conn.close(format_comment(f"closing: {why}")))
         self.hub.hold_slot()  # counts against ES_STREAM_MAX_CLIENTS like the streams the hub serves

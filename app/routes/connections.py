@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse
 
 from app.auth import CurrentPrincipal, Principal, check_topics
 from app.durable.registry import ConnectionNotFound, Connections, ConnectionSpec
-from app.durable.shared import TooManyMembers
 from app.durable.stream import HOST, DurableStreamResponse, SharedStreamResponse, start_positions
 from app.fanout.filters import CompiledFilter, Viewer
 from app.fanout.response import choose_encoding
@@ -131,14 +130,17 @@ async def _shared_stream(request: Request, limits: Limits, connections: Connecti
     """Open a member stream of a shared connection, within ES_CONNECTION_MAX_MEMBERS streams cluster-wide."""
     settings = request.app.state.services.settings
     members = await connections.groups.members(connections.group_id(conn_id))
-    if len(members) >= settings.connection_max_members:
-        raise TooManyMembers(f"connection {conn_id!r} has {len(members)} streams, its limit "
-                             "(ES_CONNECTION_MAX_MEMBERS); close one, or create another connection")
-    check_room(STREAM, {topic: len(await connections.topics.partitions(topic)) for topic in flt.topics})
-    slot = await limits.open_stream()
+    stream_id = new_stream_id()
+    connections.reserve_member(conn_id, stream_id, len(members))  # TooManyMembers: 409
+    try:
+        check_room(STREAM, {topic: len(await connections.topics.partitions(topic)) for topic in flt.topics})
+        slot = await limits.open_stream()
+    except BaseException:
+        connections.in_group(conn_id, stream_id)  # refused: it never opens
+        raise
     edge = f"{HOST}:{settings.http_port}"
     response = SharedStreamResponse(request.app.state.hub, flt, connections, conn_id, options,
-                                    choose_encoding(options.compression, accept_encoding), new_stream_id(), edge)
+                                    choose_encoding(options.compression, accept_encoding), stream_id, edge)
     response.expires_at = principal.expires_at
     response.viewer = Viewer.of_stream(principal.sub, conn_id)  # targeted events naming it or this connection
     return slot.hold(response)

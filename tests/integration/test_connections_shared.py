@@ -199,6 +199,26 @@ async def test_a_shared_connection_refuses_streams_past_its_member_limit(setting
             await member.close()
 
 
+async def test_streams_opening_at_once_on_one_edge_do_not_pass_the_member_limit(settings, edge_factory,
+                                                                              new_topic) -> None:
+    topic = await new_topic(PARTITIONS, prefix="shr")
+    edge = edge_factory(settings.model_copy(update={"connection_max_members": 2}))
+    conn_id = create_shared(edge, topic)
+    url = f"{edge.url}/api/v1/connections/{conn_id}/stream"
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=60.0)))
+
+        async def open_one() -> int:  # the group lists none of them yet when all four ask
+            resp = await stack.enter_async_context(client.stream("GET", url))
+            return resp.status_code
+
+        statuses = await asyncio.gather(*(open_one() for _ in range(4)))
+        assert sorted(statuses) == [200, 200, 409, 409], statuses
+        status = await wait_status(edge, conn_id, settled(2))
+        assert status["memberCount"] == 2
+        assert httpx.get(url).status_code == 409  # and the group itself now says two
+
+
 async def test_a_shared_stream_counts_against_the_edges_stream_limit(settings, edge_factory, new_topic) -> None:
     topic = await new_topic(PARTITIONS, prefix="shr")
     edge = edge_factory(settings.model_copy(update={"stream_max_clients": 1}))

@@ -11,6 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from app.durable.registry import Connections, ConnectionSpec
+from app.durable.shared import TooManyMembers
 from streams.settings import Settings
 
 TOPIC = "t"
@@ -157,3 +158,21 @@ async def test_streams_leaving_a_shared_connection_are_forgotten(shared: Any) ->
     assert a.list()[0]["status"] == "connected" and a.list()[0]["mode"] == "shared"
     a.left(conn_id, "s1")
     assert a.list()[0]["status"] == "disconnected" and conn_id not in a.shared
+
+
+def test_streams_opening_here_count_against_the_member_limit_until_kafka_lists_them(
+        shared: tuple[FakeTable, FakeGroups]) -> None:
+    conns = edge(*shared, connection_max_members=3)
+    conns.reserve_member("c1", "s1", members=1)  # one member elsewhere, s1 opening here
+    conns.reserve_member("c1", "s2", members=1)
+    with pytest.raises(TooManyMembers, match="has 3 streams"):
+        conns.reserve_member("c1", "s3", members=1)
+    conns.reserve_member("c2", "s9", members=0)  # another connection has its own count
+    conns.in_group("c1", "s1")  # s1 ended before joining (or joined: then `members` counts it)
+    conns.in_group("c1", "s1")  # idempotent
+    conns.reserve_member("c1", "s3", members=1)
+    with pytest.raises(TooManyMembers):
+        conns.reserve_member("c1", "s4", members=1)
+    for stream in ("s2", "s3"):
+        conns.in_group("c1", stream)
+    assert conns.joining == {"c2": {"s9"}}  # nothing left behind for c1
