@@ -323,13 +323,11 @@ class Connections:
 
         No await comes between the check and the count, so streams opening on one edge at once cannot
         pass the limit together, which they did while the group had not yet listed any of them."""
-        joining = self.joining.setdefault(conn_id, set())
-        if members + len(joining) >= self.settings.connection_max_members:
-            if not joining:
-                del self.joining[conn_id]
-            raise TooManyMembers(f"connection {conn_id!r} has {members + len(joining)} streams, its limit "
+        streams = members + len(self.joining.get(conn_id, ()))
+        if streams >= self.settings.connection_max_members:
+            raise TooManyMembers(f"connection {conn_id!r} has {streams} streams, its limit "
                                  "(ES_CONNECTION_MAX_MEMBERS); close one, or create another connection")
-        joining.add(stream_id)
+        self.joining.setdefault(conn_id, set()).add(stream_id)
 
     def in_group(self, conn_id: str, stream_id: str) -> None:
         """Stop counting a stream as opening: it has its partitions, or it ended, or it never started."""

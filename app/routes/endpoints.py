@@ -12,15 +12,7 @@ from app.auth import AdminOnly, CurrentPrincipal, check_topics
 from app.directory import Endpoints, EndpointSpec, EndpointStreamResponse
 from app.fanout.response import EventStreamResponse
 from app.limits import Limits
-from app.routes.stream import (
-    ACCEPT_ENCODING,
-    COMPRESSION,
-    HEARTBEAT,
-    LAST_EVENT_ID,
-    LAST_EVENT_ID_HEADER,
-    SINCE,
-    open_stream,
-)
+from app.routes.stream import StreamOptions, open_stream
 
 router = APIRouter(prefix="/api/v1/endpoints", tags=["endpoints"])
 NAME = Path(description="The endpoint's name, e.g. `ci-failures`.")
@@ -91,20 +83,13 @@ async def stream_endpoint(
     request: Request,
     limits: Limits,
     principal: CurrentPrincipal,
+    query: StreamOptions,
     name: str = NAME,
-    heartbeat: float | None = HEARTBEAT,
-    compression: bool = COMPRESSION,
-    since: str | None = SINCE,
-    last_event_id: str | None = LAST_EVENT_ID,
-    last_event_id_header: str | None = LAST_EVENT_ID_HEADER,
-    accept_encoding: str | None = ACCEPT_ENCODING,
 ) -> Response:
     """Open the endpoint's stream with the plain stream's semantics (live, `since`, Last-Event-ID resume,
     compression, heartbeat); the credential needs subscribe on every topic of the endpoint's filter."""
     endpoints = await _endpoints(request)
     flt = endpoints.compiled(name)
     check_topics(principal, "subscribe", flt.topics, endpoints.settings)
-    return await open_stream(request, limits, request.app.state.hub, flt, heartbeat=heartbeat,
-                             compression=compression, since=since, token=last_event_id_header or last_event_id,
-                             accept_encoding=accept_encoding, kind="endpoint", endpoint=name,
+    return await open_stream(request, limits, request.app.state.hub, flt, query, kind="endpoint", endpoint=name,
                              make_response=partial(EndpointStreamResponse, endpoints=endpoints, name=name))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.auth import check_topics
@@ -33,13 +34,32 @@ FILTER_DOC = ('JSON EventFilter: {"topics": [...], "types": ["workflow.*"], "sou
               '`topics` defaults to the service default topic.')
 
 
-# The plain stream's query and header parameters, shared with the endpoint stream (app/routes/endpoints.py).
-HEARTBEAT = Query(None, gt=0, le=3600, description="Seconds between `: ping` comments when idle (default 15).")
-COMPRESSION = Query(False, description="Compress with br or gzip, chosen from Accept-Encoding.")
-SINCE = Query(None, description="Start from this ISO-8601 time instead of live.")
-LAST_EVENT_ID = Query(None, alias="lastEventId", description="Resume token, for clients that cannot send the header.")
-LAST_EVENT_ID_HEADER = Header(None, alias="Last-Event-ID")
-ACCEPT_ENCODING = Header(None, alias="Accept-Encoding")
+@dataclass(frozen=True, slots=True)
+class StreamQuery:
+    """Where and how a plain stream starts: the query and headers the plain and the endpoint stream share."""
+
+    heartbeat: float | None
+    compression: bool
+    since: str | None
+    token: str | None  # the Last-Event-ID header, else `lastEventId`
+    accept_encoding: str | None
+
+
+async def stream_query(
+    heartbeat: float | None = Query(None, gt=0, le=3600,
+                                    description="Seconds between `: ping` comments when idle (default 15)."),
+    compression: bool = Query(False, description="Compress with br or gzip, chosen from Accept-Encoding."),
+    since: str | None = Query(None, description="Start from this ISO-8601 time instead of live."),
+    last_event_id: str | None = Query(None, alias="lastEventId",
+                                      description="Resume token, for clients that cannot send the header."),
+    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+    accept_encoding: str | None = Header(None, alias="Accept-Encoding"),
+) -> StreamQuery:
+    """The dependency behind StreamOptions (async: FastAPI would run a plain `def` in its thread pool)."""
+    return StreamQuery(heartbeat, compression, since, last_event_id_header or last_event_id, accept_encoding)
+
+
+StreamOptions = Annotated[StreamQuery, Depends(stream_query)]
 
 
 def over_capacity(hub: Hub) -> Response | None:
@@ -138,31 +158,24 @@ async def compile_filter(request: Request, raw: str | None) -> tuple[Hub, Compil
 async def stream_events(
     request: Request,
     limits: Limits,
+    query: StreamOptions,
     filter: str | None = Query(None, description=FILTER_DOC),
-    heartbeat: float | None = HEARTBEAT,
-    compression: bool = COMPRESSION,
-    since: str | None = SINCE,
-    last_event_id: str | None = LAST_EVENT_ID,
-    last_event_id_header: str | None = LAST_EVENT_ID_HEADER,
-    accept_encoding: str | None = ACCEPT_ENCODING,
 ) -> Response:
     """Open a stream: live by default, from `since`, or exactly after the event a token names. An event with
     `recipients` reaches it only when they name the principal's `sub` (an admin's stream too)."""
     hub, flt = await compile_filter(request, filter)
-    return await open_stream(request, limits, hub, flt, heartbeat=heartbeat, compression=compression, since=since,
-                             token=last_event_id_header or last_event_id, accept_encoding=accept_encoding)
+    return await open_stream(request, limits, hub, flt, query)
 
 
-async def open_stream(request: Request, limits: RequestLimits, hub: Hub, flt: CompiledFilter, *,
-                      heartbeat: float | None, compression: bool, since: str | None, token: str | None,
-                      accept_encoding: str | None, make_response: MakeResponse = EventStreamResponse,
-                      kind: str = "plain", endpoint: str | None = None) -> Response:
+async def open_stream(request: Request, limits: RequestLimits, hub: Hub, flt: CompiledFilter, query: StreamQuery,
+                      *, make_response: MakeResponse = EventStreamResponse, kind: str = "plain",
+                      endpoint: str | None = None) -> Response:
     """Open a stream of a checked filter (the plain stream's, a named endpoint's): live, from `since`, or after
-    the event `token` names; `make_response` builds the SSE body (an endpoint's also ends when it is deleted);
+    the event the token names; `make_response` builds the SSE body (an endpoint's also ends when it is deleted);
     `kind` and `endpoint` are what the stream admin (GET /api/v1/streams) lists it as."""
     if (refusal := over_capacity(hub)) is not None:
         return refusal
-    when = parse_since(since)
+    when, token = parse_since(query.since), query.token
 
     async def positions(group: FilterGroup) -> Positions | None:
         try:
@@ -176,11 +189,13 @@ async def open_stream(request: Request, limits: RequestLimits, hub: Hub, flt: Co
                           field="Last-Event-ID") from None
 
     slot, group, start = await open_group(hub, limits, flt, positions)
-    heartbeat_s = heartbeat or hub.settings.stream_heartbeat_s
-    response = make_response(hub, group, start, heartbeat_s, choose_encoding(compression, accept_encoding))
+    heartbeat_s = query.heartbeat or hub.settings.stream_heartbeat_s
+    encoding = choose_encoding(query.compression, query.accept_encoding)
+    response = make_response(hub, group, start, heartbeat_s, encoding)
     response.kind, response.endpoint = kind, endpoint
-    response.expires_at = principal_in(request).expires_at  # `token-expiring`, then the end at `exp`
-    response.viewer = Viewer.of_stream(principal_in(request).sub)  # targeted events naming it
+    principal = principal_in(request)
+    response.expires_at = principal.expires_at  # `token-expiring`, then the end at `exp`
+    response.viewer = Viewer.of_stream(principal.sub)  # targeted events naming it
     return slot.hold(response)
 
 
